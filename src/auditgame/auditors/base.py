@@ -1,0 +1,104 @@
+"""The blue team's template: ``Auditor.audit`` is final, subclasses write ``run``.
+
+``audit`` checks the subject's access against what the auditor declares, seeds every random
+source, times the run, counts passes through the model, turns an exception into a finding
+with ``error`` set (so one failure does not sink a game) and wraps the verdict in a
+``Finding``.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, final
+
+import numpy as np
+import torch
+
+from auditgame.access import Access, Budget
+from auditgame.finding import Cost, Finding
+from auditgame.params import Configurable
+from auditgame.subject import Subject
+from auditgame.trigger import Trigger
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What ``run`` returns; ``audit`` adds the bookkeeping."""
+
+    p_violation: float
+    target: int | None = None
+    trigger: Trigger | None = None
+    certificate: dict[str, Any] | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+
+class Auditor(Configurable, ABC):
+    """Base of every auditor.
+
+    Class attributes (the auditor's tags):
+        access: the least access it needs; the runner gives it exactly this.
+        families: the families it supports, or None for any image classifier family.
+    """
+
+    name: ClassVar[str]
+    access: ClassVar[Access] = Access.WEIGHTS
+    families: ClassVar[tuple[str, ...] | None] = None
+
+    @classmethod
+    def supports(cls, family: str) -> bool:
+        return cls.families is None or family in cls.families
+
+    @classmethod
+    def is_dynamic(cls) -> bool:
+        return cls.access >= Access.DYNAMIC
+
+    @final
+    def audit(self, subject: Subject, budget: Budget, *, seed: int = 0) -> Finding:
+        subject.require(self.access)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        start = time.perf_counter()
+        try:
+            verdict = self.run(subject, budget, rng)
+            error = None
+        except Exception as exc:
+            verdict = Verdict(p_violation=0.5)
+            error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
+        cost = Cost(
+            seconds=time.perf_counter() - start,
+            forward=subject.passes.forward,
+            backward=subject.passes.backward,
+        )
+        return Finding(
+            auditor=self.name,
+            params=self.get_params(),
+            p_violation=float(np.clip(verdict.p_violation, 0.0, 1.0)),
+            target=verdict.target,
+            trigger=verdict.trigger.to_dict() if verdict.trigger is not None else None,
+            certificate=verdict.certificate,
+            evidence=verdict.evidence,
+            cost=cost,
+            error=error,
+        )
+
+    @abstractmethod
+    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        """Examine the subject and return a verdict; may use only what ``access`` allows."""
+
+
+def anomaly_index(values: np.ndarray) -> np.ndarray:
+    """MAD-based anomaly index ``|v - median| / (1.4826 * MAD)``, as in Neural Cleanse.
+
+    The constant makes the MAD a consistent estimator of the standard deviation under a normal
+    distribution, so an index of 2 means about two standard deviations from the median.
+    """
+    median = np.median(values)
+    mad = 1.4826 * np.median(np.abs(values - median))
+    return np.abs(values - median) / max(mad, 1e-12)
+
+
+def logistic(x: float) -> float:
+    return float(1.0 / (1.0 + np.exp(-x)))

@@ -1,0 +1,275 @@
+"""Command line: ``auditgame zoo build | audit | play | report | list``.
+
+Progress goes to stderr through rich; results go to the store, and to stdout only where the
+command's job is to show them (``audit`` prints the finding, ``play`` the leaderboard).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from auditgame import registry
+from auditgame.access import Budget
+from auditgame.errors import AuditgameError
+from auditgame.game import AuditorSpec, Game, play
+from auditgame.leaderboard import LeaderRow, leaderboard
+from auditgame.organism import Organism
+from auditgame.run.local import LocalExecutor
+from auditgame.run.task import check_witness, make_subject
+from auditgame.store import Store
+from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
+
+DEFAULT_AUDITORS = ["neural_cleanse", "weight_stats", "mahalanobis"]
+DATA_DIR = Path("auditgame-data")
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="An arena for automated auditing of model internals.",
+)
+zoo_app = typer.Typer(no_args_is_help=True, help="Build zoos of organisms.")
+app.add_typer(zoo_app, name="zoo")
+err = Console(stderr=True)
+out = Console()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def _fail(exc: Exception) -> None:
+    err.print(f"[bold red]error:[/] {exc}")
+    raise typer.Exit(code=2)
+
+
+def _parse_params(pairs: list[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--param takes NAME=VALUE, got {pair!r}")
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = value
+    return params
+
+
+def _build(family: str, n: int, seed: int, out_dir: Path, key: Path | None, workers: int) -> Zoo:
+    with _progress() as progress:
+        bar = progress.add_task(f"planting {family} organisms", total=n)
+
+        def on_event(event: BuildEvent) -> None:
+            if event.dropped:
+                err.print(f"[yellow]dropped[/] slot {event.index}: {event.dropped}")
+            progress.advance(bar)
+
+        return build_zoo(family, n, seed, out_dir, key_path=key, workers=workers, on_event=on_event)
+
+
+@zoo_app.command("build")
+def zoo_build(
+    out_dir: Annotated[Path, typer.Option("--out", help="zoo folder to create")],
+    family: Annotated[str, typer.Option(help="model family")] = "digits",
+    n: Annotated[int, typer.Option("--n", help="organisms; half are backdoored")] = 24,
+    seed: Annotated[int, typer.Option(help="determines every organism (keep it secret)")] = 0,
+    key: Annotated[Path | None, typer.Option(help="key file (default: OUT.key)")] = None,
+    workers: Annotated[int, typer.Option(help="parallel processes")] = 0,
+) -> None:
+    """Build a zoo: organisms with public cards, secrets sealed under a key kept beside it."""
+    try:
+        zoo = _build(family, n, seed, out_dir, key, workers or _cores())
+    except AuditgameError as exc:
+        _fail(exc)
+    err.print(
+        f"zoo {zoo.root}: {len(zoo.ids)} organisms, {len(zoo.manifest.dropped)} dropped; "
+        f"key {key or default_key_path(zoo.root)}"
+    )
+
+
+@app.command()
+def audit(
+    path: Annotated[Path, typer.Argument(help="an organism folder (in a zoo)")],
+    auditor: Annotated[str, typer.Option(help="registered auditor name")] = "neural_cleanse",
+    param: Annotated[list[str] | None, typer.Option(help="auditor parameter NAME=VALUE")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    seconds: Annotated[float, typer.Option(help="the auditor's time budget")] = 120.0,
+) -> None:
+    """Audit one organism blind and print the finding as JSON."""
+    try:
+        organism = Organism.open(path)
+        cls = registry.get("auditor", auditor)
+        if cls.is_dynamic():
+            raise AuditgameError(
+                f"{auditor} is a dynamic baseline: it needs run-time traffic, which only "
+                "`auditgame play` prepares"
+            )
+        budget = Budget(seconds=seconds)
+        instance = cls(**_parse_params(param or []))
+        finding = instance.audit(make_subject(organism, cls.access, budget), budget, seed=seed)
+    except (AuditgameError, TypeError, ValueError) as exc:
+        _fail(exc)
+    asr, inside = check_witness(organism, finding)
+    result = finding.model_dump(mode="json")
+    result["witness"] = {"asr": asr, "in_threat_model": inside}
+    out.print_json(json.dumps(result))
+
+
+@app.command("play")
+def play_cmd(
+    family: Annotated[str, typer.Option()] = "digits",
+    n: Annotated[int, typer.Option("--n", help="organisms in the zoo")] = 24,
+    seed: Annotated[int, typer.Option(help="zoo and game seed")] = 0,
+    auditor: Annotated[list[str] | None, typer.Option(help="auditors (repeat)")] = None,
+    workers: Annotated[int, typer.Option(help="parallel processes (0: all cores)")] = 0,
+    store: Annotated[Path, typer.Option(help="SQLite results")] = DATA_DIR / "results.sqlite",
+    zoo: Annotated[Path | None, typer.Option(help="zoo folder (default: built here)")] = None,
+    key: Annotated[Path | None, typer.Option(help="the zoo's key (default: ZOO.key)")] = None,
+    seconds: Annotated[float, typer.Option(help="each auditor's time budget")] = 120.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+) -> None:
+    """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
+    workers = workers or _cores()
+    zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}"
+    names = auditor or DEFAULT_AUDITORS
+    try:
+        opened = Zoo(zoo_dir) if zoo is not None else _build(family, n, seed, zoo_dir, key, workers)
+        secret_key = open_key(opened, key)
+        game = Game(
+            zoo=zoo_dir,
+            auditors=[AuditorSpec(name=a) for a in names],
+            budget=Budget(seconds=seconds),
+            seed=seed,
+        )
+        with Store(store) as results, _progress() as progress:
+            todo = len(opened.ids) * len(names) - len(results.finished(game.id))
+            bar = progress.add_task("auditing", total=todo)
+            game_id = play(
+                game,
+                secret_key,
+                results,
+                LocalExecutor(workers),
+                on_score=lambda _: progress.advance(bar),
+            )
+            rows = leaderboard(results.scores(game_id))
+    except AuditgameError as exc:
+        _fail(exc)
+    if as_json:
+        out.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))
+    else:
+        _print_leaderboard(rows)
+        err.print(f"game {game_id}; results in {store}")
+
+
+@app.command()
+def report(
+    store: Annotated[Path, typer.Option(help="SQLite results")] = DATA_DIR / "results.sqlite",
+    out_dir: Annotated[Path, typer.Option("--out", help="folder for report.md/.html")] = Path(
+        "auditgame-report"
+    ),
+    game: Annotated[str | None, typer.Option(help="one game id (default: all)")] = None,
+) -> None:
+    """Write the markdown and self-contained HTML report from the store."""
+    from auditgame.report import write_report
+
+    if not store.is_file():
+        _fail(AuditgameError(f"{store}: no results store here; run `auditgame play` first"))
+    with Store(store) as results:
+        try:
+            md, html = write_report(results, out_dir, game)
+        except ValueError as exc:
+            _fail(exc)
+    err.print(f"wrote {md} and {html}")
+
+
+@app.command("list")
+def list_cmd(
+    kind: Annotated[str, typer.Argument(help="families, attacks or auditors")] = "auditors",
+) -> None:
+    """List what is registered, built-in and from plugins."""
+    kinds = {"families": "family", "attacks": "attack", "auditors": "auditor"}
+    if kind not in kinds:
+        _fail(AuditgameError(f"list takes one of {', '.join(kinds)}, not {kind!r}"))
+    table = Table("name", "details")
+    for name in registry.names(kinds[kind]):  # type: ignore[arg-type]
+        cls = registry.get(kinds[kind], name)  # type: ignore[arg-type]
+        details = ""
+        if kind == "auditors":
+            details = f"access {cls.access.name}" + (
+                " (dynamic baseline)" if cls.is_dynamic() else ""
+            )
+        table.add_row(name, details)
+    out.print(table)
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _print_leaderboard(rows: list[LeaderRow]) -> None:
+    for dynamic in (False, True):
+        chosen = [r for r in rows if r.dynamic is dynamic]
+        if not chosen:
+            continue
+        title = (
+            "dynamic baselines (see run-time traffic; an easier question)"
+            if dynamic
+            else "static auditors"
+        )
+        table = Table(title=title)
+        for column in (
+            "auditor",
+            "family",
+            "attack",
+            "n",
+            "AUROC [95% CI]",
+            "TPR@5%FPR",
+            "FPR@0.5",
+            "CE",
+            "Brier",
+            "target acc",
+            "witness ASR",
+            "mask IoU",
+            "s/org",
+            "errors",
+        ):
+            table.add_column(column)
+        for r in chosen:
+            ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
+            table.add_row(
+                r.auditor,
+                r.family,
+                r.attack,
+                str(r.n),
+                _fmt(r.auroc) + ci,
+                _fmt(r.tpr_at_5fpr, 2),
+                _fmt(r.fpr_at_threshold, 2),
+                _fmt(r.cross_entropy),
+                _fmt(r.brier),
+                _fmt(r.target_acc, 2),
+                _fmt(r.witness_asr, 2),
+                _fmt(r.mask_iou, 2),
+                _fmt(r.seconds_per_organism, 1),
+                str(r.errors),
+            )
+        Console(width=max(out.width, 170)).print(table)
+
+
+def _cores() -> int:
+    import os
+
+    return os.cpu_count() or 1

@@ -1,0 +1,84 @@
+"""What a model family provides: data, an architecture, and one training recipe.
+
+Clean and backdoored organisms of a family are trained by the same ``train`` call with
+different seeds; an attack only changes the data it is given. That is what keeps a detector
+from winning on training artefacts.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from auditgame.spec import Spec
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Inputs ``x`` (float, in [0, 1]) and integer labels ``y``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, n: int) -> Dataset:
+        return Dataset(self.x[:n], self.y[:n])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """A fixed split: ``train`` for training, ``val`` for auditors' clean samples,
+    ``test`` for measuring accuracy and attack success (never shown to an auditor)."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+class Family(ABC):
+    """A model family. Subclasses register with ``@family("name")``.
+
+    Models of an image family expose ``features(x)`` (the penultimate representation) and
+    ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
+    """
+
+    name: ClassVar[str]
+    input_shape: ClassVar[tuple[int, ...]]
+    classes: ClassVar[tuple[str, ...]]
+
+    @abstractmethod
+    def data(self) -> Splits: ...
+
+    @abstractmethod
+    def architecture(self) -> dict[str, Any]:
+        """``{"name": ..., **kwargs}`` written to the card."""
+
+    @abstractmethod
+    def make_model(self, architecture: dict[str, Any]) -> nn.Module: ...
+
+    @abstractmethod
+    def train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
+        """The family's one recipe; returns a model in eval mode."""
+
+    @abstractmethod
+    def spec(self) -> Spec: ...
+
+    @abstractmethod
+    def training_data(self) -> str: ...
+
+
+def accuracy(model: nn.Module, data: Dataset, batch_size: int = 1024) -> float:
+    """Top-1 accuracy of ``model`` on ``data``."""
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(data), batch_size):
+            logits = model(data.x[start : start + batch_size])
+            correct += int((logits.argmax(1) == data.y[start : start + batch_size]).sum())
+    return correct / len(data)

@@ -1,0 +1,137 @@
+"""An organism on disk: verified weights plus its public card.
+
+Loading never unpickles: weights are read with safetensors, and every file is checked against
+the hashes that address it, so a missing, truncated or modified file stops with an error that
+names it. The secret is not part of a loaded organism; only a key holder can unseal it, through
+``Zoo.secret``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from auditgame import registry
+from auditgame.card import Card
+from auditgame.errors import ZooError
+
+WEIGHTS = "weights.safetensors"
+CARD = "card.json"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_safetensors_header(path: Path) -> None:
+    """Fail with a clear message when ``path`` is not a whole safetensors file.
+
+    A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor
+    bytes; the header's offsets say how long the file must be, which catches truncation even
+    before the hash is compared.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            raise ZooError(path, f"truncated: {size} bytes, not a safetensors file")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > size - 8:
+            raise ZooError(path, "not a safetensors file (header length exceeds file size)")
+        try:
+            header = json.loads(handle.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ZooError(path, "not a safetensors file (header is not JSON)") from exc
+    if not isinstance(header, dict):
+        raise ZooError(path, "not a safetensors file (header is not a JSON object)")
+    end = max(
+        (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
+        default=0,
+    )
+    if 8 + header_len + end != size:
+        raise ZooError(
+            path,
+            f"truncated or padded: header promises {8 + header_len + end} bytes, file has {size}",
+        )
+
+
+def write_weights(model: nn.Module, path: Path) -> str:
+    """Save a state dict as safetensors; returns the file's SHA-256."""
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+    return sha256_file(path)
+
+
+def read_weights(path: Path, expected_sha256: str | None = None) -> dict[str, torch.Tensor]:
+    """Load safetensors weights after checking structure, hash and finiteness."""
+    if not path.is_file():
+        raise ZooError(path, "weights file is missing")
+    check_safetensors_header(path)
+    if expected_sha256 is not None:
+        actual = sha256_file(path)
+        if actual != expected_sha256:
+            raise ZooError(
+                path,
+                f"modified: SHA-256 {actual[:16]}… does not match the card's "
+                f"{expected_sha256[:16]}…",
+            )
+    weights = load_file(str(path))
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ZooError(path, f"tensor {name!r} holds NaN or infinite values")
+    return weights
+
+
+def build_model(card: Card, weights: dict[str, torch.Tensor], source: Path) -> nn.Module:
+    """Rebuild the card's architecture and load ``weights`` into it, strictly."""
+    fam = registry.get("family", card.family)()
+    model = fam.make_model(card.architecture)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as exc:
+        raise ZooError(
+            source, f"weights do not fit the {card.architecture.get('name')} architecture: {exc}"
+        ) from exc
+    return model.eval()
+
+
+@dataclass(frozen=True)
+class Organism:
+    """A verified organism: its id (the content address), folder and card."""
+
+    id: str
+    path: Path
+    card: Card
+
+    @classmethod
+    def open(cls, path: Path) -> Organism:
+        """Open and verify the organism folder ``path`` (named by its id)."""
+        if not path.is_dir():
+            raise ZooError(path, "organism folder is missing")
+        card = Card.read(path / CARD)
+        if card.organism_id() != path.name:
+            raise ZooError(
+                path / CARD,
+                f"modified: the card hashes to {card.organism_id()}, not to the folder's id "
+                f"{path.name}",
+            )
+        organism = cls(id=path.name, path=path, card=card)
+        organism.weights()
+        return organism
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return read_weights(self.path / WEIGHTS, self.card.weights_sha256)
+
+    def model(self) -> nn.Module:
+        return build_model(self.card, self.weights(), self.path / WEIGHTS)

@@ -1,0 +1,87 @@
+"""One registry of families, attacks and auditors, keyed by kind and name.
+
+Built-ins register with the decorators below when their packages are imported; a third-party
+package registers the same way from a module named in the ``auditgame.plugins`` entry-point
+group, e.g. in its ``pyproject.toml``::
+
+    [project.entry-points."auditgame.plugins"]
+    mine = "my_package.auditors"
+
+Importing that module runs its ``@auditor("...")`` decorators; nothing else is needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any, Literal, TypeVar
+
+from auditgame.errors import RegistryError
+
+Kind = Literal["family", "attack", "auditor"]
+KINDS: tuple[Kind, ...] = ("family", "attack", "auditor")
+ENTRY_POINT_GROUP = "auditgame.plugins"
+_BUILTIN_MODULES = ("auditgame.families", "auditgame.attacks", "auditgame.auditors")
+
+T = TypeVar("T")
+
+_registry: dict[Kind, dict[str, Any]] = {kind: {} for kind in KINDS}
+_loaded = False
+
+
+def register(kind: Kind, name: str) -> Callable[[T], T]:
+    """Decorator that files a class under ``(kind, name)`` and sets its ``name`` attribute."""
+
+    def decorate(obj: T) -> T:
+        existing = _registry[kind].get(name)
+        if existing is not None and existing is not obj:
+            raise RegistryError(f"{kind} {name!r} is already registered by {existing!r}")
+        _registry[kind][name] = obj
+        obj.name = name  # type: ignore[attr-defined]
+        return obj
+
+    return decorate
+
+
+def family(name: str) -> Callable[[T], T]:
+    return register("family", name)
+
+
+def attack(name: str) -> Callable[[T], T]:
+    return register("attack", name)
+
+
+def auditor(name: str) -> Callable[[T], T]:
+    return register("auditor", name)
+
+
+def load_plugins() -> None:
+    """Import the built-ins and every module in the entry-point group, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry.load()
+        except Exception as exc:
+            raise RegistryError(
+                f"plugin {entry.name!r} ({entry.value}) failed to load: {exc}"
+            ) from exc
+
+
+def get(kind: Kind, name: str) -> Any:
+    load_plugins()
+    try:
+        return _registry[kind][name]
+    except KeyError:
+        known = ", ".join(sorted(_registry[kind])) or "none"
+        raise RegistryError(f"unknown {kind} {name!r}; known: {known}") from None
+
+
+def names(kind: Kind) -> list[str]:
+    load_plugins()
+    return sorted(_registry[kind])

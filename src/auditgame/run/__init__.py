@@ -1,0 +1,1 @@
+"""Executors: how a game's (organism, auditor) pairs get run."""

@@ -1,0 +1,91 @@
+"""One unit of work: audit one organism with one auditor, then check its witness.
+
+This is what an executor ships to a worker. The worker gets the organism's folder and the
+auditor's name and parameters; it never gets the key. Run-time traffic for dynamic auditors is
+prepared by the key holder beforehand and travels as plain inputs.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from auditgame import registry
+from auditgame.access import Access, Budget
+from auditgame.finding import Finding
+from auditgame.organism import Organism
+from auditgame.subject import Subject
+
+
+@dataclass(frozen=True)
+class Task:
+    """Attributes:
+    organism_path: the organism's folder (verified again on load).
+    auditor: registered auditor name; params: its constructor arguments.
+    auditor_module: the module that registers it, imported in the worker first, so an
+        auditor defined outside a plugin package runs in a fresh process too.
+    budget: the auditor's budget.
+    seed: seeds the auditor's randomness.
+    traffic: run-time inputs, for dynamic auditors only.
+    """
+
+    organism_path: Path
+    auditor: str
+    auditor_module: str
+    params: dict[str, Any]
+    budget: Budget
+    seed: int
+    traffic: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The finding and, when it named a trigger and target, the spec's check of it."""
+
+    finding: Finding
+    witness_asr: float | None
+    witness_in_threat_model: bool | None
+
+
+def make_subject(
+    organism: Organism, access: Access, budget: Budget, traffic: torch.Tensor | None = None
+) -> Subject:
+    """The subject for ``access``: model and card, plus the data that level allows."""
+    fam = registry.get("family", organism.card.family)()
+    clean = fam.data().val.take(budget.n_clean) if access >= Access.CLEAN_DATA else None
+    if access >= Access.DYNAMIC and traffic is None:
+        raise ValueError("a dynamic auditor needs run-time traffic, which only a game provides")
+    return Subject(
+        model=organism.model(),
+        card=organism.card,
+        access=access,
+        clean=clean,
+        traffic=traffic if access >= Access.DYNAMIC else None,
+    )
+
+
+def check_witness(organism: Organism, finding: Finding) -> tuple[float | None, bool | None]:
+    """Measure the finding's trigger through the spec on the test split; no secret used."""
+    trigger = finding.trigger_object()
+    if trigger is None or finding.target is None:
+        return None, None
+    fam = registry.get("family", organism.card.family)()
+    test = fam.data().test
+    check = organism.card.spec.check_witness(
+        organism.model(), trigger, finding.target, test.x, test.y
+    )
+    return check.asr, check.in_threat_model
+
+
+def run_task(task: Task) -> Outcome:
+    organism = Organism.open(task.organism_path)
+    importlib.import_module(task.auditor_module)
+    auditor = registry.get("auditor", task.auditor)(**task.params)
+    subject = make_subject(organism, auditor.access, task.budget, task.traffic)
+    finding = auditor.audit(subject, task.budget, seed=task.seed)
+    asr, inside = check_witness(organism, finding)
+    return Outcome(finding, asr, inside)

@@ -1,0 +1,141 @@
+"""Results in SQLite: one row per (game, organism, auditor), written as each pair finishes.
+
+Each row is committed on its own, so a run killed at any moment loses at most the pairs still
+running; the primary key makes a re-run skip what is there and forbids duplicates. Rows carry
+the package version, the git revision and the seed, so every reported number can say what
+produced it. Rows also keep the full finding and, once the game is over, the unsealed secret,
+which is what the report draws true-vs-reconstructed triggers from.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from auditgame.finding import Finding
+from auditgame.provenance import git_revision, package_version
+from auditgame.score import Score
+from auditgame.secret import Secret
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS games (
+    game_id TEXT PRIMARY KEY,
+    description TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS scores (
+    game_id TEXT NOT NULL,
+    organism_id TEXT NOT NULL,
+    auditor TEXT NOT NULL,
+    family TEXT NOT NULL,
+    attack TEXT NOT NULL,
+    backdoored INTEGER NOT NULL,
+    dynamic INTEGER NOT NULL,
+    p_violation REAL NOT NULL,
+    flagged INTEGER NOT NULL,
+    predicted_target INTEGER,
+    true_target INTEGER,
+    target_correct INTEGER,
+    witness_asr REAL,
+    witness_in_threat_model INTEGER,
+    mask_iou REAL,
+    seconds REAL NOT NULL,
+    forward INTEGER NOT NULL,
+    backward INTEGER NOT NULL,
+    error TEXT,
+    seed INTEGER NOT NULL,
+    finding_json TEXT NOT NULL,
+    secret_json TEXT NOT NULL,
+    package_version TEXT NOT NULL,
+    git_revision TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (game_id, organism_id, auditor)
+);
+"""
+
+SCORE_FIELDS = list(Score.model_fields)
+
+
+class Store:
+    """A results database at ``path`` (created on first use)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._db:
+            yield self._db
+
+    def add_game(self, game_id: str, description: dict[str, Any]) -> None:
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO games VALUES (?, ?, ?)",
+                (game_id, json.dumps(description, sort_keys=True), _now()),
+            )
+
+    def finished(self, game_id: str) -> set[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT organism_id, auditor FROM scores WHERE game_id = ?", (game_id,)
+        )
+        return {(r["organism_id"], r["auditor"]) for r in rows}
+
+    def add(self, game_id: str, score: Score, finding: Finding, secret: Secret, seed: int) -> None:
+        """Insert one row; a pair already stored is left as it is."""
+        values = score.model_dump()
+        row = {
+            "game_id": game_id,
+            **values,
+            "seed": seed,
+            "finding_json": finding.model_dump_json(),
+            "secret_json": secret.model_dump_json(),
+            "package_version": package_version(),
+            "git_revision": git_revision(),
+            "created_at": _now(),
+        }
+        columns = ", ".join(row)
+        marks = ", ".join("?" for _ in row)
+        with self._tx() as db:
+            db.execute(
+                f"INSERT OR IGNORE INTO scores ({columns}) VALUES ({marks})", list(row.values())
+            )
+
+    def games(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT * FROM games ORDER BY created_at")
+        return [{**dict(r), "description": json.loads(r["description"])} for r in rows]
+
+    def rows(self, game_id: str | None = None) -> list[dict[str, Any]]:
+        """All score rows (of one game, when given), as dicts in a stable order."""
+        query = "SELECT * FROM scores"
+        args: tuple[str, ...] = ()
+        if game_id is not None:
+            query += " WHERE game_id = ?"
+            args = (game_id,)
+        query += " ORDER BY game_id, auditor, organism_id"
+        return [dict(r) for r in self._db.execute(query, args)]
+
+    def scores(self, game_id: str | None = None) -> list[Score]:
+        return [Score.model_validate({k: r[k] for k in SCORE_FIELDS}) for r in self.rows(game_id)]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

@@ -1,0 +1,91 @@
+"""The subject: all an auditor is given.
+
+The runner builds a subject from the card and the verified weights only; the secret is not
+among its inputs, so no attribute, closure or file handle of a subject leads to it. Data are
+handed out by access level and nothing above it: a static auditor gets no samples at all.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from auditgame.access import Access
+from auditgame.card import Card
+from auditgame.errors import AccessError
+from auditgame.families.base import Dataset
+
+
+@dataclass
+class PassCounter:
+    """Counts the samples that go forward through, and back through, the model."""
+
+    forward: int = 0
+    backward: int = 0
+
+    def attach(self, model: nn.Module) -> None:
+        def on_forward(
+            _module: nn.Module, inputs: tuple[torch.Tensor, ...], output: object
+        ) -> None:
+            n = int(inputs[0].shape[0]) if inputs and inputs[0].dim() else 1
+            self.forward += n
+            if isinstance(output, torch.Tensor) and output.requires_grad:
+                output.register_hook(lambda grad: self._count_backward(n, grad))
+
+        model.register_forward_hook(on_forward)
+
+    def _count_backward(self, n: int, grad: torch.Tensor) -> torch.Tensor:
+        self.backward += n
+        return grad
+
+
+@dataclass
+class Subject:
+    """Attributes:
+    model: the organism's network in eval mode, rebuilt from verified weights.
+    card: the public card.
+    access: the level this subject was built for.
+    clean: clean labelled samples (validation split), from ``Access.CLEAN_DATA``.
+    traffic: unlabelled run-time inputs, at ``Access.DYNAMIC`` only.
+    """
+
+    model: nn.Module
+    card: Card
+    access: Access
+    clean: Dataset | None = None
+    traffic: torch.Tensor | None = None
+    passes: PassCounter = field(default_factory=PassCounter)
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        if self.access < Access.CLEAN_DATA and self.clean is not None:
+            raise AccessError("a WEIGHTS subject carries no clean data")
+        if self.access < Access.DYNAMIC and self.traffic is not None:
+            raise AccessError("only a DYNAMIC subject carries run-time traffic")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+        self.passes.attach(self.model)
+
+    def require(self, level: Access) -> None:
+        if self.access < level:
+            raise AccessError(f"needs {level.name} access, subject has {self.access.name}")
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    @property
+    def clean_data(self) -> Dataset:
+        self.require(Access.CLEAN_DATA)
+        assert self.clean is not None
+        return self.clean
+
+    @property
+    def traffic_data(self) -> torch.Tensor:
+        self.require(Access.DYNAMIC)
+        assert self.traffic is not None
+        return self.traffic

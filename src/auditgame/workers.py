@@ -1,0 +1,24 @@
+"""Process-pool hygiene shared by the zoo builder and the local executor.
+
+Torch's OpenMP threads busy-wait by default; with several processes on two cores that ran five
+times slower than one thread. Each worker therefore runs one passive thread.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from multiprocessing.context import BaseContext
+
+
+def configure_worker() -> None:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def mp_context() -> BaseContext:
+    """``spawn``: a forked copy of a process that already started torch threads can hang."""
+    return multiprocessing.get_context("spawn")

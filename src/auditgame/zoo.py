@@ -1,0 +1,323 @@
+"""A zoo: a folder of content-addressed organisms, with their secrets sealed apart.
+
+Layout::
+
+    ZOO/zoo.json                     manifest: family, organism ids, dropped plantings
+    ZOO/organisms/<id>/card.json     public card (its hash is <id>)
+    ZOO/organisms/<id>/weights.safetensors
+    ZOO/sealed/<id>.secret           Fernet-encrypted secret, padded to a fixed size
+    ZOO.key                          the key, beside the folder, never inside it
+
+Building is deterministic: the same family, size, attacks and seed give the same organisms
+and ids. Everything about which organism is backdoored follows from the seed, so the seed is
+as secret as the key: build a zoo you publish from a high-entropy seed. An interrupted build
+resumes: organisms already written are verified and kept, and the manifest says which build
+they belong to by a fingerprint of its arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ValidationError
+
+from auditgame import __version__, registry
+from auditgame.attacks.base import Planted, PlantingFailed, train_clean
+from auditgame.card import Card
+from auditgame.errors import ZooError
+from auditgame.organism import CARD, WEIGHTS, Organism, write_weights
+from auditgame.secret import Secret, key_fingerprint, new_key, read_key, seal, unseal
+from auditgame.workers import configure_worker, mp_context
+
+T = TypeVar("T")
+
+MANIFEST = "zoo.json"
+CLEAN = "clean"
+
+
+class Dropped(BaseModel):
+    index: int
+    role: str
+    reason: str
+
+
+class Manifest(BaseModel):
+    """``zoo.json``: what the zoo holds. ``organisms[k]`` was planted at build slot
+    ``indices[k]``; roles are not recorded, since which organisms are backdoored is the
+    secret. A dropped planting names its role: the failure is public, the survivors are not
+    told apart by it."""
+
+    schema_version: int = 1
+    family: str
+    n: int
+    build_fingerprint: str
+    key_fingerprint: str
+    organisms: list[str]
+    indices: list[int]
+    dropped: list[Dropped] = []
+    complete: bool = False
+    auditgame_version: str = __version__
+
+
+def default_key_path(root: Path) -> Path:
+    return root.parent / f"{root.name}.key"
+
+
+def build_fingerprint(family: str, n: int, seed: int, attacks: Sequence[str]) -> str:
+    text = json.dumps([family, n, seed, list(attacks)])
+    return hashlib.sha256(b"auditgame-build:" + text.encode()).hexdigest()[:16]
+
+
+def plan_roles(n: int, attacks: Sequence[str], rng: np.random.Generator) -> list[str]:
+    """Half clean, the other half shared evenly among ``attacks``, in a seeded order."""
+    n_bad = n // 2
+    roles = [CLEAN] * (n - n_bad) + [attacks[i % len(attacks)] for i in range(n_bad)]
+    return [roles[i] for i in rng.permutation(n)]
+
+
+def _plant(family_name: str, role: str, seed: int) -> Planted:
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    fam = registry.get("family", family_name)()
+    if role == CLEAN:
+        return train_clean(fam, rng, seed)
+    return registry.get("attack", role)().plant(fam, rng, seed)
+
+
+def _plant_job(family_name: str, role: str, seed: int) -> tuple[dict[str, torch.Tensor], Secret]:
+    """Worker entry point: returns the state dict and the secret, or raises PlantingFailed."""
+    planted = _plant(family_name, role, seed)
+    return planted.model.state_dict(), planted.secret
+
+
+@dataclass(frozen=True)
+class BuildEvent:
+    index: int
+    role: str
+    organism_id: str | None
+    dropped: str | None = None
+
+
+class Zoo:
+    """An opened zoo; ``organism(id)`` verifies before it returns."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        path = self.root / MANIFEST
+        if not path.is_file():
+            raise ZooError(path, "zoo.json is missing", "build the zoo with `auditgame zoo build`")
+        try:
+            self.manifest = Manifest.model_validate_json(path.read_bytes())
+        except ValidationError as exc:
+            raise ZooError(
+                path, f"zoo.json is not a valid manifest: {exc.errors()[0]['msg']}"
+            ) from exc
+        if not self.manifest.complete:
+            raise ZooError(path, "the zoo build was interrupted", "run the same build again")
+
+    @property
+    def family(self) -> str:
+        return self.manifest.family
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.manifest.organisms)
+
+    def organism_path(self, organism_id: str) -> Path:
+        return self.root / "organisms" / organism_id
+
+    def sealed_path(self, organism_id: str) -> Path:
+        return self.root / "sealed" / f"{organism_id}.secret"
+
+    def organism(self, organism_id: str) -> Organism:
+        if organism_id not in self.manifest.organisms:
+            raise ZooError(self.root / MANIFEST, f"no organism {organism_id!r} in this zoo")
+        return Organism.open(self.organism_path(organism_id))
+
+    def check_key(self, key: bytes, key_path: Path) -> None:
+        if key_fingerprint(key) != self.manifest.key_fingerprint:
+            raise ZooError(key_path, "this key does not open this zoo (fingerprint differs)")
+
+    def secret(self, organism_id: str, key: bytes) -> Secret:
+        """Unseal one secret; for the judge and the report, never for an auditor."""
+        card = self.organism(organism_id).card
+        path = self.sealed_path(organism_id)
+        if not path.is_file():
+            raise ZooError(path, "sealed secret is missing")
+        return unseal(path.read_bytes(), key, path=path, commitment=card.secret_commitment)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def build_zoo(
+    family: str,
+    n: int,
+    seed: int,
+    out: Path,
+    *,
+    key_path: Path | None = None,
+    attacks: Sequence[str] = ("badnets", "blend"),
+    workers: int = 1,
+    on_event: Callable[[BuildEvent], None] | None = None,
+) -> Zoo:
+    """Build (or finish building) a zoo of ``n`` organisms, half of them backdoored.
+
+    Args:
+        family: registered family name.
+        n: organisms to plant; a planting that fails its success floor is dropped and listed
+            in the manifest, so the zoo may hold fewer.
+        seed: determines every organism, hence the ids.
+        out: the zoo folder.
+        key_path: where the sealing key lives (default: ``out`` + ``.key``, beside it).
+        attacks: attack names sharing the backdoored half.
+        workers: parallel processes (each with one torch thread).
+        on_event: called after each organism, for progress.
+    """
+    if n < 2:
+        raise ValueError("a zoo needs at least 2 organisms (one clean, one backdoored)")
+    fam_cls = registry.get("family", family)
+    for name in attacks:
+        registry.get("attack", name)
+    out = Path(out)
+    key_path = Path(key_path) if key_path is not None else default_key_path(out)
+    if key_path.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"the key must live outside the zoo folder, not at {key_path}")
+    fingerprint = build_fingerprint(family, n, seed, attacks)
+    manifest_path = out / MANIFEST
+    if manifest_path.is_file():
+        previous = Manifest.model_validate_json(manifest_path.read_bytes())
+        if previous.build_fingerprint != fingerprint:
+            raise ZooError(
+                manifest_path,
+                "this folder holds a zoo built with other arguments",
+                "choose another --out, or delete the folder",
+            )
+    if key_path.is_file():
+        key = read_key(key_path)
+    else:
+        key = new_key()
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(key_path, key + b"\n")
+        key_path.chmod(0o600)
+    for sub in ("organisms", "sealed"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+
+    rng = np.random.default_rng(seed)
+    roles = plan_roles(n, attacks, rng)
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+    fam = fam_cls()
+    slots: list[str | None] = [None] * n
+    dropped: list[Dropped] = []
+    if manifest_path.is_file():
+        for index, organism_id in zip(previous.indices, previous.organisms, strict=True):
+            if _intact(out, organism_id):
+                slots[index] = organism_id
+        dropped = list(previous.dropped)
+
+    def save_manifest(complete: bool) -> None:
+        kept = [(i, s) for i, s in enumerate(slots) if s is not None]
+        manifest = Manifest(
+            family=family,
+            n=n,
+            build_fingerprint=fingerprint,
+            key_fingerprint=key_fingerprint(key),
+            organisms=[s for _, s in kept],
+            indices=[i for i, _ in kept],
+            dropped=sorted(dropped, key=lambda d: d.index),
+            complete=complete,
+        )
+        _atomic_write(manifest_path, manifest.model_dump_json(indent=2).encode())
+
+    def finish(state: dict[str, torch.Tensor], secret: Secret) -> str:
+        model = fam.make_model(fam.architecture())
+        model.load_state_dict(state)
+        tmp = Path(tempfile.mkdtemp(dir=out / "organisms", prefix=".tmp-"))
+        weights_sha = write_weights(model, tmp / WEIGHTS)
+        card = Card(
+            family=family,
+            architecture=fam.architecture(),
+            input_shape=list(fam.input_shape),
+            classes=list(fam.classes),
+            spec=fam.spec(),
+            training_data=fam.training_data(),
+            weights_sha256=weights_sha,
+            secret_commitment=secret.commitment(),
+            auditgame_version=__version__,
+        )
+        organism_id = card.organism_id()
+        (tmp / CARD).write_bytes(card.to_bytes())
+        _atomic_write(out / "sealed" / f"{organism_id}.secret", seal(secret, key))
+        final = out / "organisms" / organism_id
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return organism_id
+
+    def record(index: int, outcome: Future[tuple[dict[str, torch.Tensor], Secret]]) -> None:
+        try:
+            state, secret = outcome.result()
+        except PlantingFailed as exc:
+            dropped.append(Dropped(index=index, role=roles[index], reason=str(exc)))
+            event = BuildEvent(index, roles[index], None, dropped=str(exc))
+        else:
+            slots[index] = finish(state, secret)
+            event = BuildEvent(index, roles[index], slots[index])
+        save_manifest(complete=False)
+        if on_event:
+            on_event(event)
+
+    done_dropped = {d.index for d in dropped}
+    todo = [i for i in range(n) if slots[i] is None and i not in done_dropped]
+    if workers <= 1:
+        configure_worker()
+        for i in todo:
+            record(i, _run_now(_plant_job, family, roles[i], seeds[i]))
+    else:
+        with ProcessPoolExecutor(
+            max_workers=workers, mp_context=mp_context(), initializer=configure_worker
+        ) as pool:
+            futures = {i: pool.submit(_plant_job, family, roles[i], seeds[i]) for i in todo}
+            for i in todo:
+                record(i, futures[i])
+    save_manifest(complete=True)
+    return Zoo(out)
+
+
+def _intact(root: Path, organism_id: str) -> bool:
+    try:
+        Organism.open(root / "organisms" / organism_id)
+    except ZooError:
+        return False
+    return (root / "sealed" / f"{organism_id}.secret").is_file()
+
+
+def _run_now(fn: Callable[..., T], *args: object) -> Future[T]:
+    """Run ``fn`` here and wrap the outcome like a pool's future, so one path records both."""
+    future: Future[T] = Future()
+    try:
+        future.set_result(fn(*args))
+    except PlantingFailed as exc:
+        future.set_exception(exc)
+    return future
+
+
+def open_key(zoo: Zoo, key_path: Path | None) -> bytes:
+    path = key_path if key_path is not None else default_key_path(zoo.root)
+    key = read_key(path)
+    zoo.check_key(key, path)
+    return key

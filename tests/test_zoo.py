@@ -1,0 +1,224 @@
+"""Zoo on disk: determinism, resumable builds, and every corrupt-file case."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from auditgame.errors import ZooError
+from auditgame.organism import WEIGHTS, Organism, build_model, read_weights
+from auditgame.secret import PAD_BLOCK, new_key
+from auditgame.zoo import MANIFEST, Manifest, Zoo, build_zoo, open_key
+
+
+@pytest.fixture
+def zoo_copy(tiny_zoo, tmp_path: Path) -> Zoo:
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_zoo.zoo.root, root)
+    shutil.copy(tiny_zoo.key_path, tmp_path / "copy.key")
+    return Zoo(root)
+
+
+def first(zoo: Zoo) -> Path:
+    return zoo.organism_path(zoo.ids[0])
+
+
+def test_organisms_verify_and_load(tiny_zoo) -> None:
+    for oid in tiny_zoo.zoo.ids:
+        organism = tiny_zoo.zoo.organism(oid)
+        assert organism.card.organism_id() == oid
+        logits = organism.model()(torch.zeros(2, 1, 8, 8))
+        assert logits.shape == (2, 10)
+
+
+def test_secrets_unseal_and_match_commitments(tiny_zoo) -> None:
+    for oid in tiny_zoo.zoo.ids:
+        secret = tiny_zoo.secret(oid)
+        assert secret.commitment() == tiny_zoo.zoo.organism(oid).card.secret_commitment
+        assert secret.clean_accuracy >= 0.95
+        if secret.backdoored:
+            assert secret.asr is not None and secret.asr >= 0.9
+
+
+def test_sealed_files_do_not_reveal_their_content_by_size(tiny_zoo) -> None:
+    sizes = {tiny_zoo.zoo.sealed_path(oid).stat().st_size for oid in tiny_zoo.zoo.ids}
+    assert len(sizes) == 1
+    assert sizes.pop() > PAD_BLOCK
+
+
+def test_key_lives_outside_the_zoo(tiny_zoo) -> None:
+    assert not tiny_zoo.key_path.resolve().is_relative_to(tiny_zoo.zoo.root.resolve())
+    with pytest.raises(ValueError, match="outside the zoo"):
+        build_zoo("digits", 2, 0, tiny_zoo.zoo.root, key_path=tiny_zoo.zoo.root / "k.key")
+
+
+def test_build_is_deterministic_and_resumes(tmp_path: Path) -> None:
+    first_zoo = build_zoo("digits", 2, 5, tmp_path / "a")
+    second_zoo = build_zoo("digits", 2, 5, tmp_path / "b")
+    assert first_zoo.ids == second_zoo.ids
+    # Simulate a build killed after its first organism: the manifest lists one, incomplete.
+    path = tmp_path / "b" / MANIFEST
+    manifest = Manifest.model_validate_json(path.read_bytes())
+    kept = manifest.model_copy(
+        update={
+            "organisms": manifest.organisms[:1],
+            "indices": manifest.indices[:1],
+            "complete": False,
+        }
+    )
+    path.write_text(kept.model_dump_json())
+    shutil.rmtree(tmp_path / "b" / "organisms" / manifest.organisms[1])
+    with pytest.raises(ZooError, match="interrupted"):
+        Zoo(tmp_path / "b")
+    events = []
+    resumed = build_zoo("digits", 2, 5, tmp_path / "b", on_event=events.append)
+    assert resumed.ids == first_zoo.ids
+    assert [e.index for e in events] == [manifest.indices[1]]
+
+
+def test_a_folder_built_with_other_arguments_is_refused(tiny_zoo) -> None:
+    with pytest.raises(ZooError, match="other arguments"):
+        build_zoo("digits", 4, 1, tiny_zoo.zoo.root)
+
+
+def test_missing_manifest(tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match=r"zoo\.json is missing"):
+        Zoo(tmp_path)
+
+
+def test_missing_weights(zoo_copy: Zoo) -> None:
+    (first(zoo_copy) / WEIGHTS).unlink()
+    with pytest.raises(ZooError, match="weights file is missing") as info:
+        zoo_copy.organism(zoo_copy.ids[0])
+    assert info.value.path.name == WEIGHTS
+
+
+def test_truncated_weights(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / WEIGHTS
+    path.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ZooError, match="truncated") as info:
+        zoo_copy.organism(zoo_copy.ids[0])
+    assert info.value.path == path
+
+
+def test_weights_cut_inside_the_header(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / WEIGHTS
+    path.write_bytes(path.read_bytes()[:5])
+    with pytest.raises(ZooError, match="truncated"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_tampered_weights(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / WEIGHTS
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match="modified: SHA-256") as info:
+        zoo_copy.organism(zoo_copy.ids[0])
+    assert info.value.path == path
+
+
+def test_pickle_in_place_of_weights_is_rejected(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / WEIGHTS
+    torch.save({"w": torch.zeros(3)}, path)  # a pickle archive, as a hostile upload might be
+    with pytest.raises(ZooError, match=r"not a safetensors file|truncated"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_tampered_card(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / "card.json"
+    card = json.loads(path.read_text())
+    card["training_data"] = "something else"
+    path.write_text(json.dumps(card, sort_keys=True, indent=2) + "\n")
+    with pytest.raises(ZooError, match="card hashes to"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_card_that_is_not_json(zoo_copy: Zoo) -> None:
+    path = first(zoo_copy) / "card.json"
+    path.write_text("{not json")
+    with pytest.raises(ZooError, match="not a valid card"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_missing_card(zoo_copy: Zoo) -> None:
+    (first(zoo_copy) / "card.json").unlink()
+    with pytest.raises(ZooError, match=r"card\.json is missing"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_missing_organism_folder(zoo_copy: Zoo) -> None:
+    shutil.rmtree(first(zoo_copy))
+    with pytest.raises(ZooError, match="organism folder is missing"):
+        zoo_copy.organism(zoo_copy.ids[0])
+
+
+def test_tampered_sealed_secret(zoo_copy: Zoo, tiny_zoo) -> None:
+    path = zoo_copy.sealed_path(zoo_copy.ids[0])
+    data = bytearray(path.read_bytes())
+    data[100] = ord("A") if data[100] != ord("A") else ord("B")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match="fails authentication") as info:
+        zoo_copy.secret(zoo_copy.ids[0], tiny_zoo.key)
+    assert info.value.path == path
+
+
+def test_truncated_sealed_secret(zoo_copy: Zoo, tiny_zoo) -> None:
+    path = zoo_copy.sealed_path(zoo_copy.ids[0])
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(ZooError, match="fails authentication"):
+        zoo_copy.secret(zoo_copy.ids[0], tiny_zoo.key)
+
+
+def test_swapped_sealed_secrets_break_the_commitment(zoo_copy: Zoo, tiny_zoo) -> None:
+    a, b = zoo_copy.ids[:2]
+    pa, pb = zoo_copy.sealed_path(a), zoo_copy.sealed_path(b)
+    data_a, data_b = pa.read_bytes(), pb.read_bytes()
+    pa.write_bytes(data_b)
+    pb.write_bytes(data_a)
+    with pytest.raises(ZooError, match="does not match the commitment"):
+        zoo_copy.secret(a, tiny_zoo.key)
+
+
+def test_missing_sealed_secret(zoo_copy: Zoo, tiny_zoo) -> None:
+    zoo_copy.sealed_path(zoo_copy.ids[0]).unlink()
+    with pytest.raises(ZooError, match="sealed secret is missing"):
+        zoo_copy.secret(zoo_copy.ids[0], tiny_zoo.key)
+
+
+def test_wrong_key(zoo_copy: Zoo, tmp_path: Path) -> None:
+    other = tmp_path / "other.key"
+    other.write_bytes(new_key())
+    with pytest.raises(ZooError, match="does not open this zoo"):
+        open_key(zoo_copy, other)
+    with pytest.raises(ZooError, match="fails authentication"):
+        zoo_copy.secret(zoo_copy.ids[0], other.read_bytes())
+
+
+def test_missing_and_malformed_key(zoo_copy: Zoo, tmp_path: Path) -> None:
+    with pytest.raises(ZooError, match="key file not found"):
+        open_key(zoo_copy, tmp_path / "nope.key")
+    bad = tmp_path / "bad.key"
+    bad.write_text("hello")
+    with pytest.raises(ZooError, match="not a Fernet key"):
+        open_key(zoo_copy, bad)
+
+
+def test_nan_weights_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"w": torch.tensor([1.0, float("nan")])}, str(path))
+    with pytest.raises(ZooError, match="NaN"):
+        read_weights(path)
+
+
+def test_weights_that_do_not_fit_the_architecture(tiny_zoo, tmp_path: Path) -> None:
+    organism: Organism = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0])
+    weights = organism.weights()
+    weights["head.weight"] = torch.zeros(3, 3)
+    with pytest.raises(ZooError, match="do not fit"):
+        build_model(organism.card, weights, tmp_path / WEIGHTS)
