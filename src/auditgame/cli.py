@@ -52,7 +52,8 @@ def _progress() -> Progress:
 
 
 def _fail(exc: Exception) -> None:
-    err.print(f"[bold red]error:[/] {exc}")
+    err.print("[bold red]error:[/]", end=" ")
+    err.print(str(exc), markup=False, soft_wrap=True, highlight=False)
     raise typer.Exit(code=2)
 
 

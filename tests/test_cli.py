@@ -1,0 +1,79 @@
+"""The command line as a user meets it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from auditgame.cli import app
+
+runner = CliRunner()
+
+REQUIRED = {
+    "auditor", "family", "attack", "n", "auroc", "auroc_ci", "tpr_at_5fpr", "cross_entropy",
+    "brier", "target_acc", "witness_asr", "seconds_per_organism",
+}  # fmt: skip
+
+
+def test_list_shows_auditors_with_their_access() -> None:
+    result = runner.invoke(app, ["list", "auditors"])
+    assert result.exit_code == 0
+    assert "neural_cleanse" in result.stdout and "DYNAMIC" in result.stdout
+
+
+def test_zoo_build_writes_a_zoo_and_its_key_beside_it(tmp_path: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["zoo", "build", "--n", "2", "--seed", "9", "--out", str(tmp_path / "z"), "--workers", "1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "z" / "zoo.json").is_file()
+    assert (tmp_path / "z.key").is_file()
+
+
+def test_audit_prints_the_finding_and_its_witness(tiny_zoo) -> None:
+    bad = tiny_zoo.by_role("badnets")[0]
+    path = tiny_zoo.zoo.organism_path(bad)
+    result = runner.invoke(
+        app, ["audit", str(path), "--auditor", "neural_cleanse", "--param", "steps=150"]
+    )
+    assert result.exit_code == 0, result.output
+    finding = json.loads(result.stdout)
+    assert finding["auditor"] == "neural_cleanse" and finding["params"]["steps"] == 150
+    assert finding["target"] == tiny_zoo.secret(bad).target
+    assert finding["witness"]["asr"] > 0.5
+
+
+def test_audit_refuses_dynamic_baselines_and_corrupt_organisms(tiny_zoo, tmp_path: Path) -> None:
+    path = tiny_zoo.zoo.organism_path(tiny_zoo.zoo.ids[0])
+    result = runner.invoke(app, ["audit", str(path), "--auditor", "mahalanobis"])
+    assert result.exit_code == 2 and "run-time traffic" in result.output
+    broken = tmp_path / path.name
+    shutil.copytree(path, broken)
+    (broken / "weights.safetensors").write_bytes(b"\x00" * 3)
+    result = runner.invoke(app, ["audit", str(broken)])
+    assert result.exit_code == 2
+    assert "weights.safetensors" in result.output and "truncated" in result.output
+
+
+def test_play_json_then_report(tiny_zoo, tmp_path: Path) -> None:
+    store = tmp_path / "r.sqlite"
+    args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(store), "--workers", "1"]
+    args += ["--auditor", "weight_stats", "--auditor", "mahalanobis", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 6 and all(set(row) >= REQUIRED for row in rows)
+    assert {row["attack"] for row in rows} == {"all", "badnets", "blend"}
+    result = runner.invoke(app, ["report", "--store", str(store), "--out", str(tmp_path / "rep")])
+    assert result.exit_code == 0, result.output
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "weight_stats" in html and "<svg" in html
+
+
+def test_report_without_a_store_says_what_to_do(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])
+    assert result.exit_code == 2 and "auditgame play" in result.output

@@ -1,0 +1,154 @@
+"""Games, the runner, the store: access is enforced, runs resume without loss or duplicates."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from auditgame import registry
+from auditgame.access import Access, Budget
+from auditgame.auditors.base import Auditor, Verdict
+from auditgame.errors import AccessError
+from auditgame.game import AuditorSpec, Game, play
+from auditgame.leaderboard import leaderboard
+from auditgame.registry import auditor
+from auditgame.run.base import OnOutcome
+from auditgame.run.local import LocalExecutor
+from auditgame.run.task import Task, make_subject
+from auditgame.store import Store
+from auditgame.subject import Subject
+
+FAST = [AuditorSpec(name="weight_stats"), AuditorSpec(name="mahalanobis")]
+
+
+@auditor("always_fails")
+class AlwaysFails(Auditor):
+    access = Access.WEIGHTS
+
+    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        raise RuntimeError("boom")
+
+
+class StopsAfter:
+    """An executor that dies (like Ctrl-C) after ``n`` outcomes."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def run(self, tasks: Sequence[Task], on_outcome: OnOutcome) -> None:
+        def counted(task: Task, outcome: object) -> None:
+            on_outcome(task, outcome)  # type: ignore[arg-type]
+            self.n -= 1
+            if self.n == 0:
+                raise KeyboardInterrupt
+
+        LocalExecutor(1).run(tasks, counted)
+
+
+def test_subjects_get_exactly_their_access(tiny_zoo) -> None:
+    organism = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0])
+    budget = Budget(n_clean=10)
+    static = make_subject(organism, Access.WEIGHTS, budget)
+    assert static.clean is None and static.traffic is None
+    with pytest.raises(AccessError):
+        _ = static.clean_data
+    assert len(make_subject(organism, Access.CLEAN_DATA, budget).clean_data) == 10
+    with pytest.raises(ValueError, match="needs run-time traffic"):
+        make_subject(organism, Access.DYNAMIC, budget)
+    with pytest.raises(AccessError, match="needs CLEAN_DATA"):
+        registry.get("auditor", "neural_cleanse")().audit(static, budget)
+
+
+def test_play_scores_every_pair_and_resumes_after_interruption(tiny_zoo, tmp_path: Path) -> None:
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=FAST)
+    with Store(tmp_path / "full.sqlite") as store:
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+        full = {(r["organism_id"], r["auditor"]): r["p_violation"] for r in store.rows(game.id)}
+    assert len(full) == 8
+
+    with Store(tmp_path / "cut.sqlite") as store:
+        with pytest.raises(KeyboardInterrupt):
+            play(game, tiny_zoo.key, store, StopsAfter(3))
+        assert len(store.rows(game.id)) == 3
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+        rows = store.rows(game.id)
+        resumed = {(r["organism_id"], r["auditor"]): r["p_violation"] for r in rows}
+        assert len(rows) == 8 and resumed == full
+        play(game, tiny_zoo.key, store, StopsAfter(1))  # nothing left: no task runs
+        assert len(store.rows(game.id)) == 8
+        row = rows[0]
+        assert row["package_version"] and row["git_revision"] and row["seed"] >= 0
+
+
+def test_dynamic_auditors_are_marked_and_rows_carry_the_truth(tiny_zoo, tmp_path: Path) -> None:
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=FAST)
+    with Store(tmp_path / "r.sqlite") as store:
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+        scores = store.scores(game.id)
+    for s in scores:
+        assert s.dynamic is (s.auditor == "mahalanobis")
+        assert s.backdoored is tiny_zoo.secret(s.organism_id).backdoored
+    rows = leaderboard(scores)
+    assert {(r.auditor, r.attack) for r in rows} == {
+        (a, k) for a in ("weight_stats", "mahalanobis") for k in ("all", "badnets", "blend")
+    }
+    assert all(r.n_clean == 2 for r in rows)
+
+
+def test_a_failing_auditor_is_recorded_not_fatal(tiny_zoo, tmp_path: Path) -> None:
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="always_fails")])
+    with Store(tmp_path / "r.sqlite") as store:
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+        scores = store.scores(game.id)
+    assert len(scores) == 4
+    assert all(s.error and "boom" in s.error and s.p_violation == 0.5 for s in scores)
+    assert leaderboard(scores)[0].errors == 4
+
+
+def test_game_id_follows_what_is_played(tiny_zoo) -> None:
+    a = Game(zoo=tiny_zoo.zoo.root, auditors=FAST)
+    assert a.id == Game(zoo=tiny_zoo.zoo.root, auditors=FAST).id
+    assert a.id != Game(zoo=tiny_zoo.zoo.root, auditors=FAST, budget=Budget(seconds=5)).id
+    assert a.id != Game(zoo=tiny_zoo.zoo.root, auditors=FAST[:1]).id
+
+
+def test_a_killed_run_resumes_without_loss_or_duplicates(tiny_zoo, tmp_path: Path) -> None:
+    """Kill the whole `auditgame play` process group mid-run, then run it again."""
+    store = tmp_path / "r.sqlite"
+    command = [
+        sys.executable, "-m", "auditgame", "play", "--zoo", str(tiny_zoo.zoo.root),
+        "--auditor", "neural_cleanse", "--workers", "2", "--store", str(store),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    proc = subprocess.Popen(
+        command, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    rows = 0
+    while rows < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if store.exists():
+            with sqlite3.connect(store) as db:
+                try:
+                    rows = db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+                except sqlite3.OperationalError:
+                    rows = 0
+    assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with sqlite3.connect(store) as db:
+        before = db.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+    assert 1 <= before < 4
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    with sqlite3.connect(store) as db:
+        pairs = db.execute("SELECT organism_id, auditor FROM scores").fetchall()
+    assert len(pairs) == 4 and len(set(pairs)) == 4
