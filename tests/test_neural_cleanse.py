@@ -73,7 +73,7 @@ def test_flags_badnets_and_recovers_its_trigger(tiny_zoo, findings) -> None:
     trigger = finding.trigger_object()
     assert trigger is not None
     check = organism.card.spec.check_witness(
-        organism.model(), trigger, secret.target, test.x, test.y
+        organism.model(), trigger.to_dict(), secret.target, test.x, test.y
     )
     assert check.asr >= 0.5
     assert check.in_threat_model and check.violates

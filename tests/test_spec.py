@@ -47,11 +47,11 @@ def test_spec_verifies_the_planted_trigger_without_the_secret(tiny_zoo) -> None:
     assert trigger is not None and secret.target is not None
     bad = tiny_zoo.zoo.organism(bad_id)
     spec = bad.card.spec
-    check = spec.check_witness(bad.model(), trigger, secret.target, test.x, test.y)
+    check = spec.check_witness(bad.model(), trigger.to_dict(), secret.target, test.x, test.y)
     assert check.violates and check.in_threat_model
     assert check.asr == pytest.approx(secret.asr)
     clean = tiny_zoo.zoo.organism(tiny_zoo.by_role("clean")[0])
-    on_clean = spec.check_witness(clean.model(), trigger, secret.target, test.x, test.y)
+    on_clean = spec.check_witness(clean.model(), trigger.to_dict(), secret.target, test.x, test.y)
     assert on_clean.asr < 0.2 and not on_clean.violates
 
 
@@ -62,7 +62,7 @@ def test_a_trigger_outside_the_threat_model_proves_nothing(tiny_zoo) -> None:
     # Replacing the whole image by a real digit 3 sends everything to 3, but it is no backdoor.
     three = test.x[test.y == 3][0]
     trigger = Trigger(np.ones((8, 8), np.float32), three.numpy())
-    check = clean.card.spec.check_witness(clean.model(), trigger, 3, test.x, test.y)
+    check = clean.card.spec.check_witness(clean.model(), trigger.to_dict(), 3, test.x, test.y)
     assert check.asr > 0.9
     assert not check.in_threat_model and not check.violates
 

@@ -4,12 +4,16 @@ A ``Spec`` carries its threat model: the class of trigger functions it forbids. 
 can measure a candidate trigger on clean data by itself, an auditor's finding can be verified
 without the sealed secret: the witness either flips held-out inputs to its target or it does
 not.
+
+A witness travels as the finding's ``trigger`` dict; the threat model reads it. A family whose
+triggers are not image masks adds its own threat-model class here (with a distinct ``kind``)
+and to the ``ThreatModel`` union below, implementing ``check``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,7 +22,22 @@ from auditgame import judge
 from auditgame.trigger import Trigger
 
 
-class ThreatModel(BaseModel):
+@dataclass(frozen=True)
+class WitnessCheck:
+    """The spec's verdict on one candidate trigger.
+
+    Attributes:
+        asr: attack-success rate on held-out clean data (``judge.attack_success_rate``).
+        in_threat_model: whether the trigger is one the spec forbids at all.
+        violates: ``in_threat_model and asr >= tau``: the trigger proves a violation.
+    """
+
+    asr: float
+    in_threat_model: bool
+    violates: bool
+
+
+class MaskPatternThreat(BaseModel):
     """The triggers a spec forbids: ``x -> (1 - m) x + m p`` with ``||m||_1 <= max_mask_l1``.
 
     A ``k x k`` patch has L1 norm ``k^2``; a full-image blend at opacity ``alpha`` has
@@ -37,20 +56,23 @@ class ThreatModel(BaseModel):
     def describe(self) -> str:
         return f"any (1-m)*x + m*p with ||m||_1 <= {self.max_mask_l1:g} pixels"
 
+    def check(
+        self,
+        model: torch.nn.Module,
+        witness: dict[str, Any],
+        target: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tau: float,
+    ) -> WitnessCheck:
+        """Measure a ``Trigger.to_dict()`` witness on held-out ``(x, y)``."""
+        trigger = Trigger.from_dict(witness)
+        asr = judge.attack_success_rate(model, trigger.apply, x, y, target)
+        inside = self.contains(trigger)
+        return WitnessCheck(asr=asr, in_threat_model=inside, violates=inside and asr >= tau)
 
-@dataclass(frozen=True)
-class WitnessCheck:
-    """The spec's verdict on one candidate trigger.
 
-    Attributes:
-        asr: attack-success rate on held-out clean data (``judge.attack_success_rate``).
-        in_threat_model: whether the trigger is one the spec forbids at all.
-        violates: ``in_threat_model and asr >= tau``: the trigger proves a violation.
-    """
-
-    asr: float
-    in_threat_model: bool
-    violates: bool
+ThreatModel = MaskPatternThreat
 
 
 class Spec(BaseModel):
@@ -72,12 +94,10 @@ class Spec(BaseModel):
     def check_witness(
         self,
         model: torch.nn.Module,
-        trigger: Trigger,
+        witness: dict[str, Any],
         target: int,
         x: torch.Tensor,
         y: torch.Tensor,
     ) -> WitnessCheck:
         """Measure a candidate trigger on clean held-out data ``(x, y)``; no secret needed."""
-        asr = judge.attack_success_rate(model, trigger.apply, x, y, target)
-        inside = self.threat_model.contains(trigger)
-        return WitnessCheck(asr=asr, in_threat_model=inside, violates=inside and asr >= self.tau)
+        return self.threat_model.check(model, witness, target, x, y, self.tau)
