@@ -38,7 +38,7 @@ def test_registered_with_its_tags() -> None:
     cls = registry.get("auditor", "neural_cleanse")
     assert cls is NeuralCleanse
     assert cls.access == Access.CLEAN_DATA
-    assert cls.supports("digits") and cls.supports("anything")
+    assert cls.supports("digits") and cls.modalities == ("image",)
     auditor = NeuralCleanse(steps=7, slope=3.0)
     assert auditor.get_params()["steps"] == 7
     assert auditor.clone().get_params() == auditor.get_params()

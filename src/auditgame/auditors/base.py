@@ -17,6 +17,7 @@ from typing import Any, ClassVar, final
 import numpy as np
 import torch
 
+from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.finding import Cost, Finding
 from auditgame.params import Configurable
@@ -40,16 +41,21 @@ class Auditor(Configurable, ABC):
 
     Class attributes (the auditor's tags):
         access: the least access it needs; the runner gives it exactly this.
-        families: the families it supports, or None for any image classifier family.
+        modalities: the kinds of family it can examine (``Family.modality``: "image", ...).
+        families: a narrower list of family names, or None for every family of those
+            modalities.
     """
 
     name: ClassVar[str]
     access: ClassVar[Access] = Access.WEIGHTS
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
     families: ClassVar[tuple[str, ...] | None] = None
 
     @classmethod
     def supports(cls, family: str) -> bool:
-        return cls.families is None or family in cls.families
+        """Whether the runner should pair this auditor with organisms of ``family``."""
+        modality = registry.get("family", family).modality
+        return modality in cls.modalities and (cls.families is None or family in cls.families)
 
     @classmethod
     def is_dynamic(cls) -> bool:

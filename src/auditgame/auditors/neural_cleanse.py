@@ -101,7 +101,6 @@ class NeuralCleanse(Auditor):
     """
 
     access = Access.CLEAN_DATA
-    families = None
 
     def __init__(
         self,

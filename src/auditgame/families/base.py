@@ -44,11 +44,14 @@ class Splits:
 class Family(ABC):
     """A model family. Subclasses register with ``@family("name")``.
 
+    ``modality`` says what kind of input the family's models take ("image" here; other
+    families declare their own), and auditors declare the modalities they can examine.
     Models of an image family expose ``features(x)`` (the penultimate representation) and
     ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
     """
 
     name: ClassVar[str]
+    modality: ClassVar[str] = "image"
     input_shape: ClassVar[tuple[int, ...]]
     classes: ClassVar[tuple[str, ...]]
 
