@@ -121,6 +121,12 @@ def test_game_id_follows_what_is_played(tiny_zoo) -> None:
     assert a.id != Game(zoo=tiny_zoo.zoo.root, auditors=FAST[:1]).id
 
 
+def test_a_change_to_the_code_starts_a_new_game(tiny_zoo, monkeypatch: pytest.MonkeyPatch) -> None:
+    before = Game(zoo=tiny_zoo.zoo.root, auditors=FAST).id
+    monkeypatch.setattr("auditgame.game.code_fingerprint", lambda: "0" * 16)
+    assert Game(zoo=tiny_zoo.zoo.root, auditors=FAST).id != before
+
+
 def test_a_killed_run_resumes_without_loss_or_duplicates(tiny_zoo, tmp_path: Path) -> None:
     """Kill the whole `auditgame play` process group mid-run, then run it again."""
     store = tmp_path / "r.sqlite"

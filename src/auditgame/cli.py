@@ -182,7 +182,8 @@ def report(
     out_dir: Annotated[Path, typer.Option("--out", help="folder for report.md/.html")] = Path(
         "auditgame-report"
     ),
-    game: Annotated[str | None, typer.Option(help="one game id (default: all)")] = None,
+    game: Annotated[str | None, typer.Option(help="one game id (default: the latest)")] = None,
+    all_games: Annotated[bool, typer.Option("--all", help="every game in the store")] = False,
 ) -> None:
     """Write the markdown and self-contained HTML report from the store."""
     from auditgame.report import write_report
@@ -190,6 +191,9 @@ def report(
     if not store.is_file():
         _fail(AuditgameError(f"{store}: no results store here; run `auditgame play` first"))
     with Store(store) as results:
+        games = results.games()
+        if game is None and not all_games and games:
+            game = games[-1]["game_id"]
         try:
             md, html = write_report(results, out_dir, game)
         except ValueError as exc:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from auditgame import registry
 from auditgame.access import Budget
+from auditgame.provenance import code_fingerprint
 from auditgame.run.base import Executor
 from auditgame.run.task import Outcome, Task
 from auditgame.score import Score, score
@@ -60,11 +61,13 @@ class Game(BaseModel):
             "auditors": [a.model_dump() for a in self.auditors],
             "budget": asdict(self.budget),
             "seed": self.seed,
+            "code": code_fingerprint(),
         }
 
     @property
     def id(self) -> str:
-        """Same zoo, auditors, budget and seed: same id, so a re-run resumes the same game."""
+        """Same zoo, auditors, budget, seed and code: same id, so a re-run resumes the game;
+        a change to any of them, the package's source included, starts a new one."""
         text = json.dumps(self.describe(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -120,7 +120,7 @@ class Store:
             )
 
     def games(self) -> list[dict[str, Any]]:
-        rows = self._db.execute("SELECT * FROM games ORDER BY created_at")
+        rows = self._db.execute("SELECT * FROM games ORDER BY rowid")
         return [{**dict(r), "description": json.loads(r["description"])} for r in rows]
 
     def rows(self, game_id: str | None = None) -> list[dict[str, Any]]:

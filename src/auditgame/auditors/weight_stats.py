@@ -1,8 +1,11 @@
 """A weights-only floor: is one class's row of the final layer an outlier?
 
-All-to-one poisoning teaches the last layer a strong new route into the target class, which
-tends to leave that class's weight row longer than the others. This is the cheapest static
-test there is, and the number any real auditor should beat.
+All-to-one poisoning changes what the last layer must do for the target class, so that
+class's weight row may stand out from the others. Which way is not known in advance: the first
+version assumed *longer* and scored AUROC 0.38 on a 60-organism digits zoo (seed 1), because
+there the target row was the *shortest* in 12 of 30 backdoored models and among the three
+shortest in 26. The test is therefore two-sided. It is the cheapest static test there is, and
+the number any real auditor should beat.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ def final_linear(model: nn.Module) -> nn.Linear:
 
 @auditor("weight_stats")
 class WeightStats(Auditor):
-    """Anomaly index (MAD) of the per-class L2 norms of the final layer's weight rows.
+    """Two-sided anomaly index (MAD) of the per-class L2 norms of the final layer's rows.
 
-    Only rows longer than the median count; ``p = logistic(slope * (index - threshold))``.
+    The most anomalous row is the suspected target; ``p = logistic(slope * (index -
+    threshold))``.
     """
 
     access = Access.WEIGHTS
@@ -44,7 +48,6 @@ class WeightStats(Auditor):
         with torch.no_grad():
             norms = final_linear(subject.model).weight.norm(dim=1).numpy().astype(np.float64)
         index = anomaly_index(norms)
-        index[norms < np.median(norms)] = 0.0
         target = int(np.argmax(index))
         return Verdict(
             p_violation=logistic(self.slope * (index[target] - self.anomaly_threshold)),
