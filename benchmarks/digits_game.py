@@ -1,7 +1,7 @@
 """Benchmark: the digits auditing game at a larger population than the demo.
 
 Builds (or reuses) a zoo, plays every default auditor, and writes
-``benchmarks/results/digits_game.md`` with the leaderboard, Neural Cleanse's false-positive
+``benchmarks/results/digits_game_nN_sS.md`` with the leaderboard, Neural Cleanse's false-positive
 rate on clean organisms with its Wilson interval, and the distribution of its anomaly index on
 clean vs backdoored organisms (the calibration question: how close do clean models come to
 the paper's threshold of 2 on a 10-class, 8x8 task?).
@@ -116,7 +116,7 @@ def main() -> None:
         f"- {kind}: {', '.join(f'{v:.2f}' for v in values)}" for kind, values in index.items()
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / "digits_game.md"
+    out = RESULTS / f"digits_game_n{args.n}_s{args.seed}.md"
     out.write_text("\n".join(lines) + "\n")
     print(out.read_text())
 
