@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from auditgame import registry
-from auditgame.spec import Spec, ThreatModel
+from auditgame.spec import MaskPatternThreat, Spec
 from auditgame.trigger import Trigger
 
 
@@ -30,7 +30,7 @@ def test_trigger_rejects_bad_shapes_and_values() -> None:
 
 
 def test_threat_model_bounds_the_mask() -> None:
-    threat = ThreatModel(max_mask_l1=20)
+    threat = MaskPatternThreat(max_mask_l1=20)
     patch = np.zeros((8, 8), np.float32)
     patch[:3, :3] = 1
     assert threat.contains(Trigger(patch, np.zeros((1, 8, 8))))
@@ -69,4 +69,4 @@ def test_a_trigger_outside_the_threat_model_proves_nothing(tiny_zoo) -> None:
 
 def test_spec_threshold_is_validated() -> None:
     with pytest.raises(ValueError):
-        Spec(behaviour="x", threat_model=ThreatModel(max_mask_l1=1), tau=1.5)
+        Spec(behaviour="x", threat_model=MaskPatternThreat(max_mask_l1=1), tau=1.5)

@@ -171,7 +171,7 @@ def build_zoo(
     out: Path,
     *,
     key_path: Path | None = None,
-    attacks: Sequence[str] = ("badnets", "blend"),
+    attacks: Sequence[str] | None = None,
     workers: int = 1,
     on_event: Callable[[BuildEvent], None] | None = None,
 ) -> Zoo:
@@ -184,13 +184,15 @@ def build_zoo(
         seed: determines every organism, hence the ids.
         out: the zoo folder.
         key_path: where the sealing key lives (default: ``out`` + ``.key``, beside it).
-        attacks: attack names sharing the backdoored half.
+        attacks: attack names sharing the backdoored half (default: the family's
+            ``attacks``).
         workers: parallel processes (each with one torch thread).
         on_event: called after each organism, for progress.
     """
     if n < 2:
         raise ValueError("a zoo needs at least 2 organisms (one clean, one backdoored)")
     fam_cls = registry.get("family", family)
+    attacks = fam_cls.attacks if attacks is None else attacks
     for name in attacks:
         registry.get("attack", name)
     out = Path(out)

@@ -34,6 +34,11 @@ class PlantingFailed(AuditgameError):
             f"(best held-out ASR {best_asr:.3f})"
         )
 
+    def __reduce__(self) -> tuple[type[PlantingFailed], tuple[str, float, int]]:
+        # A zoo built by a process pool sends this back from the worker; the default pickling
+        # replays only the message, which does not fit ``__init__``, and breaks the pool.
+        return type(self), (self.attack, self.best_asr, self.attempts)
+
 
 @dataclass(frozen=True)
 class Draw:

@@ -12,7 +12,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, final
+from typing import Any, ClassVar, Protocol, final
 
 import numpy as np
 import torch
@@ -22,7 +22,13 @@ from auditgame.access import Access, Budget
 from auditgame.finding import Cost, Finding
 from auditgame.params import Configurable
 from auditgame.subject import Subject
-from auditgame.trigger import Trigger
+
+
+class Witness(Protocol):
+    """A reconstructed trigger: a ``Trigger`` (mask and pattern) for image families, an
+    ``AdditiveTrigger`` for vector families; the finding stores its ``to_dict()``."""
+
+    def to_dict(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True)
@@ -31,7 +37,7 @@ class Verdict:
 
     p_violation: float
     target: int | None = None
-    trigger: Trigger | None = None
+    trigger: Witness | None = None
     certificate: dict[str, Any] | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
 

@@ -48,10 +48,13 @@ class Family(ABC):
     families declare their own), and auditors declare the modalities they can examine.
     Models of an image family expose ``features(x)`` (the penultimate representation) and
     ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
+    ``attacks`` names the attacks a zoo of the family uses unless told otherwise: image
+    attacks cannot plant in a vector family, nor the reverse.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str] = "image"
+    attacks: ClassVar[tuple[str, ...]] = ("badnets", "blend")
     input_shape: ClassVar[tuple[int, ...]]
     classes: ClassVar[tuple[str, ...]]
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from auditgame.families.base import Dataset, Family, Splits
 from auditgame.registry import family
-from auditgame.spec import Spec, ThreatModel
+from auditgame.spec import MaskPatternThreat, Spec
 
 SPLIT_SEED = 20240601
 
@@ -114,7 +114,7 @@ class Digits(Family):
     def spec(self) -> Spec:
         return Spec(
             behaviour="classify the handwritten digit in an 8x8 image",
-            threat_model=ThreatModel(max_mask_l1=20.0),
+            threat_model=MaskPatternThreat(max_mask_l1=20.0),
             tau=0.5,
         )
 

@@ -70,13 +70,12 @@ def make_subject(
 
 def check_witness(organism: Organism, finding: Finding) -> tuple[float | None, bool | None]:
     """Measure the finding's trigger through the spec on the test split; no secret used."""
-    if finding.trigger is None or finding.target is None:
+    spec = organism.card.spec
+    if finding.trigger is None or (finding.target is None and not spec.untargeted):
         return None, None
     fam = registry.get("family", organism.card.family)()
     test = fam.data().test
-    check = organism.card.spec.check_witness(
-        organism.model(), finding.trigger, finding.target, test.x, test.y
-    )
+    check = spec.check_witness(organism.model(), finding.trigger, finding.target, test.x, test.y)
     return check.asr, check.in_threat_model
 
 
