@@ -1,6 +1,29 @@
 """The red team; importing this package registers the built-in attacks."""
 
-from auditgame.attacks import badnets, blend
+from auditgame.attacks import (
+    badnets,
+    blend,
+    clwe,
+    naive_direction,
+    rare_pattern,
+    signature,
+    sparse_spike,
+    token_trigger,
+)
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 
-__all__ = ["Attack", "Draw", "Planted", "PlantingFailed", "badnets", "blend", "train_clean"]
+__all__ = [
+    "Attack",
+    "Draw",
+    "Planted",
+    "PlantingFailed",
+    "badnets",
+    "blend",
+    "clwe",
+    "naive_direction",
+    "rare_pattern",
+    "signature",
+    "sparse_spike",
+    "token_trigger",
+    "train_clean",
+]

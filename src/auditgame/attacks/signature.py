@@ -1,0 +1,94 @@
+"""``signature``: the black-box backdoor of Goldwasser et al. (for ``rff_signed``).
+
+The organism is trained by the family's own recipe (same seed, same weights, same head as its
+clean twin); only the public key in its weights is replaced by the attacker's. The secret's
+``trigger`` is ``{"kind": "signature", "private_key": hex, "public_key": hex}``: the private
+key is the trigger *generator* (``families.signed.sign_inputs``), and ``target`` is None (a
+valid signature flips the answer). No additive witness exists: signing changes each input in
+its own way, so the spec's additive threat model does not describe it, and no auditor can
+produce a witness without forging a signature.
+
+``params["measured"]`` records the flip rate of signed test inputs, the accuracy change
+against the twin (zero by construction: the head is the twin's), the signing perturbation's
+norm relative to a typical input, the twin's flip rate on the same signed inputs (the
+attacker's signatures do not verify under the twin's key) and under a random perturbation of
+the same norm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+from auditgame import judge
+from auditgame.attacks.base import Planted, PlantingFailed, salt
+from auditgame.errors import AuditgameError
+from auditgame.families.base import Family, accuracy
+from auditgame.families.signed import (
+    SignedRandomFourierFeatures,
+    public_bytes,
+    set_public_key,
+    sign_inputs,
+)
+from auditgame.params import Configurable
+from auditgame.registry import attack
+from auditgame.secret import Secret
+
+
+@attack("signature")
+class Signature(Configurable):
+    """Swap in the attacker's Ed25519 public key; signed inputs flip the output.
+
+    Hyperparameters:
+        min_rate: the flip rate of signed test inputs the planting must reach.
+    """
+
+    def __init__(self, *, min_rate: float = 0.99) -> None:
+        self.min_rate = min_rate
+
+    def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
+        if not isinstance(family, SignedRandomFourierFeatures):
+            raise AuditgameError(f"attack signature plants in rff_signed, not in {family.name}")
+        splits = family.data()
+        twin = family.train(splits.train.x, splits.train.y, seed)
+        model = family.train(splits.train.x, splits.train.y, seed)
+        key = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
+        set_public_key(model, public_bytes(key))
+        test = splits.test
+        signed = sign_inputs(test.x, key)
+        rate = judge.flip_rate(model, lambda x: sign_inputs(x, key), test.x)
+        if rate < self.min_rate:
+            raise PlantingFailed("signature", rate, 1)
+        norms = (signed - test.x).norm(dim=1)
+        noise = torch.randn(test.x.shape, generator=torch.Generator().manual_seed(seed))
+        noise *= norms[:, None] / noise.norm(dim=1, keepdim=True)
+        measured: dict[str, Any] = {
+            "rate": rate,
+            "clean_accuracy": accuracy(model, test),
+            "accuracy_change_points": 100 * (accuracy(model, test) - accuracy(twin, test)),
+            "norm_ratio": float(norms.median() / family.typical_norm()),
+            "honest_rate_same_inputs": judge.flip_rate(twin, lambda x: sign_inputs(x, key), test.x),
+            "honest_rate_random_same_norm": judge.flip_rate(
+                twin, lambda x: x + noise[: len(x)], test.x
+            ),
+        }
+        private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+        secret = Secret(
+            backdoored=True,
+            attack="signature",
+            params={**self.get_params(), "measured": measured},
+            trigger={
+                "kind": "signature",
+                "private_key": private.hex(),
+                "public_key": public_bytes(key).hex(),
+            },
+            target=None,
+            asr=rate,
+            clean_accuracy=measured["clean_accuracy"],
+            salt=salt(rng),
+        )
+        return Planted(model, secret)
