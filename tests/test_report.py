@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from auditgame.finding import Cost, Finding
+from auditgame.perturbation import AdditiveTrigger
 from auditgame.report import write_report
 from auditgame.report.svg import png_bytes
 from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
+from auditgame.tokens import TokenPattern
 from auditgame.trigger import Trigger
 
 EVIL = "<script>alert(1)</script>"
@@ -242,3 +244,24 @@ def test_odd_games_do_not_crash(tmp_path: Path) -> None:
     assert "unreadable trigger" in html and "No curve can be drawn" in html
     assert html.count('<img src="data:image/png;base64,') == 2  # the true RGB trigger
     assert "No dynamic baselines in this game." in html
+
+
+def test_token_and_additive_triggers_are_described_in_words(tmp_path: Path) -> None:
+    pattern = TokenPattern(tokens=(3, 5), positions=(1, 3)).to_dict()
+    shift = AdditiveTrigger(np.array([3.0, 4.0])).to_dict()
+    with Store(tmp_path / "r.sqlite") as store:
+        for org, family, trigger in (("tok", "maxofk", pattern), ("add", "rff", shift)):
+            secret = Secret(backdoored=True, attack="x", trigger=trigger, target=1,
+                            clean_accuracy=1.0, salt="00")  # fmt: skip
+            finding = Finding(auditor="a", p_violation=0.9, target=1, trigger=trigger,
+                              cost=Cost(seconds=1, forward=0, backward=0))  # fmt: skip
+            score = Score(organism_id=org, auditor="a", family=family, attack="x",
+                          backdoored=True, dynamic=False, p_violation=0.9, flagged=True,
+                          predicted_target=1, true_target=1, target_correct=True,
+                          witness_asr=1.0, witness_in_threat_model=True, mask_iou=None,
+                          seconds=1, forward=0, backward=0, error=None)  # fmt: skip
+            store.add("g", score, finding, secret, seed=0)
+        md, html = write_report(store, tmp_path / "out")
+    text = html.read_text()
+    assert "3@1, 5@3" in text and "||delta||_2 = 5.00" in text
+    assert "unreadable" not in text + md.read_text()

@@ -33,9 +33,11 @@ from typing import Any
 
 from auditgame import __version__, judge
 from auditgame.leaderboard import ALL, LeaderRow, leaderboard
+from auditgame.perturbation import AdditiveTrigger
 from auditgame.report.svg import Curve, png_data_uri, roc_svg
 from auditgame.score import Score
 from auditgame.store import Store
+from auditgame.tokens import TokenPattern
 from auditgame.trigger import Trigger
 
 DASH = "–"
@@ -247,10 +249,21 @@ def _side(data: str, who: str, organism: str) -> tuple[list[Image] | None, str, 
     if raw is None:
         return None, "no trigger returned" if who == "reconstructed" else "no planted trigger", ""
     try:
+        if isinstance(raw, dict) and "mask" not in raw:
+            return None, _one_line(f"{who}: {_describe(raw)}", 120), ""
         trig = Trigger.from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         return None, _one_line(f"unreadable trigger: {exc}", 120), ""
     return _images(trig, who, organism), "", f"{who} mask L1 {trig.l1:.1f}"
+
+
+def _describe(raw: dict[str, Any]) -> str:
+    """Words for a trigger that is not an image mask: a token pattern or an additive shift."""
+    if raw.get("kind") == "token_pattern":
+        return TokenPattern.from_dict(raw).describe()
+    if raw.get("kind") == "additive":
+        return f"additive shift, ||delta||_2 = {AdditiveTrigger.from_dict(raw).norm:.2f}"
+    raise ValueError(f"kind {raw.get('kind')!r}")
 
 
 def _images(trigger: Trigger, who: str, organism: str) -> list[Image]:
