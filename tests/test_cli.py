@@ -77,3 +77,12 @@ def test_play_json_then_report(tiny_zoo, tmp_path: Path) -> None:
 def test_report_without_a_store_says_what_to_do(tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--store", str(tmp_path / "none.sqlite")])
     assert result.exit_code == 2 and "auditgame play" in result.output
+
+
+def test_play_says_which_auditors_it_skips(tiny_zoo, tmp_path: Path) -> None:
+    args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(tmp_path / "r.sqlite")]
+    args += ["--workers", "1", "--auditor", "weight_battery", "--auditor", "weight_stats"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert "skipped weight_battery: it does not examine digits" in result.stderr
+    assert {row["auditor"] for row in json.loads(result.stdout)} == {"weight_stats"}

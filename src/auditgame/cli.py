@@ -157,7 +157,10 @@ def play_cmd(
             seed=seed,
         )
         with Store(store) as results, _progress() as progress:
-            todo = len(opened.ids) * len(names) - len(results.finished(game.id))
+            playing = [a for a in names if registry.get("auditor", a).supports(opened.family)]
+            for skipped in sorted(set(names) - set(playing)):
+                err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
+            todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
             bar = progress.add_task("auditing", total=todo)
             game_id = play(
                 game,
