@@ -9,7 +9,7 @@ import pytest
 
 from auditgame import judge, registry
 from auditgame.attacks.badnets import BadNets
-from auditgame.attacks.base import PlantingFailed
+from auditgame.attacks.base import PlantingFailed, train_clean
 from auditgame.families.base import accuracy
 from auditgame.zoo import build_zoo, open_key
 
@@ -71,3 +71,12 @@ def test_an_attack_below_its_floor_is_never_kept(tmp_path: Path) -> None:
     assert [d.role for d in zoo.manifest.dropped] == ["never_enough"]
     key = open_key(zoo, None)
     assert not zoo.secret(zoo.ids[0], key).backdoored
+
+
+def test_a_clean_organism_below_the_family_floor_is_retrained_then_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fam = registry.get("family", "digits")()
+    monkeypatch.setattr(type(fam), "min_clean_accuracy", 1.01)
+    with pytest.raises(PlantingFailed, match="clean: test accuracy stayed below the floor"):
+        train_clean(fam, np.random.default_rng(0), 0, max_attempts=2)

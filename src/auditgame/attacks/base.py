@@ -3,7 +3,8 @@
 ``Attack.plant`` is the one template method. It trains with the family's own recipe (only the
 data differ from a clean organism), measures the attack-success rate on the held-out test
 split, and re-plants with a fresh draw when the attack falls below ``min_asr``. An organism
-that never reaches the floor raises ``PlantingFailed``; it is never kept silently.
+that never reaches the floor raises ``PlantingFailed``; it is never kept silently. Clean
+organisms are held to the family's ``min_clean_accuracy`` the same way.
 """
 
 from __future__ import annotations
@@ -25,19 +26,27 @@ from auditgame.trigger import Trigger
 
 
 class PlantingFailed(AuditgameError):
-    """The attack stayed below its success floor on every attempt."""
+    """An organism stayed below its floor on every attempt: an attack's success rate, or a
+    clean organism's accuracy (``attack == "clean"``)."""
 
-    def __init__(self, attack: str, best_asr: float, attempts: int) -> None:
-        self.attack, self.best_asr, self.attempts = attack, best_asr, attempts
+    def __init__(
+        self, attack: str, best_asr: float, attempts: int, measure: str = "held-out ASR"
+    ) -> None:
+        self.attack, self.best_asr, self.attempts, self.measure = (
+            attack,
+            best_asr,
+            attempts,
+            measure,
+        )
         super().__init__(
-            f"{attack}: attack success stayed below the floor after {attempts} attempts "
-            f"(best held-out ASR {best_asr:.3f})"
+            f"{attack}: {measure} stayed below the floor after {attempts} attempts "
+            f"(best {best_asr:.3f})"
         )
 
-    def __reduce__(self) -> tuple[type[PlantingFailed], tuple[str, float, int]]:
+    def __reduce__(self) -> tuple[type[PlantingFailed], tuple[str, float, int, str]]:
         # A zoo built by a process pool sends this back from the worker; the default pickling
         # replays only the message, which does not fit ``__init__``, and breaks the pool.
-        return type(self), (self.attack, self.best_asr, self.attempts)
+        return type(self), (self.attack, self.best_asr, self.attempts, self.measure)
 
 
 @dataclass(frozen=True)
@@ -127,9 +136,24 @@ class Attack(Configurable, ABC):
         raise PlantingFailed(self.name, best, self.max_attempts)
 
 
-def train_clean(family: Family, rng: np.random.Generator, seed: int) -> Planted:
-    """A clean organism: the family's recipe on its unmodified training split."""
+def train_clean(
+    family: Family, rng: np.random.Generator, seed: int, *, max_attempts: int = 3
+) -> Planted:
+    """A clean organism: the family's recipe on its unmodified training split.
+
+    A model below the family's ``min_clean_accuracy`` is retrained from the next seed and,
+    after ``max_attempts``, dropped: a "clean" organism that misses the family's own accuracy
+    floor may violate the spec, and an exact auditor would be scored wrong for saying so.
+    """
     splits = family.data()
-    model = family.train(splits.train.x, splits.train.y, seed)
-    secret = Secret(backdoored=False, clean_accuracy=accuracy(model, splits.test), salt=salt(rng))
-    return Planted(model, secret)
+    best = 0.0
+    for attempt in range(1, max_attempts + 1):
+        model = family.train(splits.train.x, splits.train.y, seed + attempt - 1)
+        clean_accuracy = accuracy(model, splits.test)
+        if clean_accuracy >= family.min_clean_accuracy:
+            secret = Secret(
+                backdoored=False, clean_accuracy=clean_accuracy, attempts=attempt, salt=salt(rng)
+            )
+            return Planted(model, secret)
+        best = max(best, clean_accuracy)
+    raise PlantingFailed("clean", best, max_attempts, measure="test accuracy")

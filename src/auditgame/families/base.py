@@ -48,6 +48,7 @@ class Family(ABC):
     families declare their own), and auditors declare the modalities they can examine.
     Models of an image family expose ``features(x)`` (the penultimate representation) and
     ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
+    ``min_clean_accuracy`` is the test accuracy a clean organism must reach to be kept.
     ``attacks`` names the attacks a zoo of the family uses unless told otherwise: image
     attacks cannot plant in a vector family, nor the reverse.
     """
@@ -55,6 +56,7 @@ class Family(ABC):
     name: ClassVar[str]
     modality: ClassVar[str] = "image"
     attacks: ClassVar[tuple[str, ...]] = ("badnets", "blend")
+    min_clean_accuracy: ClassVar[float] = 0.0
     input_shape: ClassVar[tuple[int, ...]]
     classes: ClassVar[tuple[str, ...]]
 

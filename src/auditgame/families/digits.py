@@ -93,6 +93,7 @@ class Digits(Family):
     input_shape = (1, 8, 8)
     classes = tuple(str(d) for d in range(10))
     epochs = 30
+    min_clean_accuracy = 0.95
 
     def data(self) -> Splits:
         return _splits()

@@ -150,6 +150,7 @@ class MaxOfK(Family):
 
     modality = "tokens"
     attacks = ("token_trigger", "rare_pattern")
+    min_clean_accuracy = 0.99
     input_shape = (4,)
     classes = tuple(str(t) for t in range(64))
 
