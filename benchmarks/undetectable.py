@@ -31,6 +31,7 @@ from auditgame.access import Budget
 from auditgame.auditors.base import Auditor
 from auditgame.auditors.oracle import OracleDirection
 from auditgame.provenance import git_revision, package_version
+from auditgame.report.svg import Series, line_svg
 from auditgame.run.task import check_witness, make_subject
 from auditgame.zoo import build_zoo, open_key
 
@@ -139,6 +140,48 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def auroc_by_dim(rows: list[dict[str, Any]]) -> tuple[list[int], list[Series]]:
+    """One series per (auditor, attack): its AUROC against the same zoo's clean organisms."""
+    dims = sorted({int(r["dim"]) for r in rows})
+    # The oracle on the naive control adds nothing (1.00 like everywhere) and would be a
+    # ninth line, past the palette's distinguishable colours.
+    pairs = sorted(
+        {(r["auditor"], r["attack"]) for r in rows if r["attack"] != "clean"}
+        - {("oracle_direction", "naive_direction")}
+    )
+    series = []
+    for auditor, attack in pairs:
+        ys = []
+        for dim in dims:
+            zoo = {r["family"] for r in rows if int(r["dim"]) == dim and r["attack"] == attack}
+            mine = [r for r in rows if r["family"] in zoo and r["auditor"] == auditor]
+            labels = [int(r["attack"] == attack) for r in mine if r["attack"] in (attack, "clean")]
+            scores = [float(r["p_violation"]) for r in mine if r["attack"] in (attack, "clean")]
+            ys.append(judge.auroc(labels, scores))
+        series.append(Series(f"{auditor}: {attack}", ys, dashed=auditor.startswith("oracle")))
+    return dims, series
+
+
+def write_plot(rows: list[dict[str, Any]]) -> Path:
+    """``undetectable_auroc_vs_d.html``: one self-contained page with the AUROC-vs-d plot."""
+    dims, series = auroc_by_dim(rows)
+    svg = line_svg(
+        [str(d) for d in dims],
+        series,
+        "AUROC vs input dimension (clean vs each attack)",
+        x_label="input dimension d",
+        y_label="AUROC",
+    )
+    out = RESULTS / "undetectable_auroc_vs_d.html"
+    out.write_text(
+        "<!doctype html><meta charset=utf-8><title>AUROC vs d</title>"
+        "<body style='font-family:sans-serif'><h1>Undetectable backdoors: AUROC vs d</h1>"
+        "<p>From <code>benchmarks/results/undetectable.csv</code>; the oracle (dashed) is told "
+        f"the secret direction and is not a contestant. Table: undetectable.md.</p>{svg}</body>\n"
+    )
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--dims", type=int, nargs="+", default=[16, 64, 256])
@@ -147,7 +190,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data", type=Path, default=Path("auditgame-data/bench"))
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the plot from the existing CSV"
+    )
     args = parser.parse_args()
+    if args.plot_only:
+        with (RESULTS / "undetectable.csv").open(newline="") as handle:
+            print(write_plot(list(csv.DictReader(handle))))
+        return
     start = time.perf_counter()
     rows: list[dict[str, Any]] = []
     for dim in args.dims:
@@ -184,6 +234,7 @@ def main() -> None:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    write_plot(rows)
     print("\n".join(lines))
 
 

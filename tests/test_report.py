@@ -14,7 +14,7 @@ import pytest
 from auditgame.finding import Cost, Finding
 from auditgame.perturbation import AdditiveTrigger
 from auditgame.report import write_report
-from auditgame.report.svg import png_bytes
+from auditgame.report.svg import Series, line_svg, png_bytes
 from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
@@ -265,3 +265,14 @@ def test_token_and_additive_triggers_are_described_in_words(tmp_path: Path) -> N
     text = html.read_text()
     assert "3@1, 5@3" in text and "||delta||_2 = 5.00" in text
     assert "unreadable" not in text + md.read_text()
+
+
+def test_line_plot_draws_one_polyline_per_series_and_escapes_labels() -> None:
+    svg = line_svg(
+        ["16", "64"],
+        [Series("a <b>", [0.2, 0.9]), Series("c", [0.5, 0.5], dashed=True)],
+        "t",
+        x_label="d",
+        y_label="AUROC",
+    )
+    assert svg.count('class="series"') == 2 and "a &lt;b&gt;" in svg and "<b>" not in svg

@@ -1,4 +1,4 @@
-"""Drawing helpers for the report: ROC plots as inline SVG, pixel images as PNG data URIs.
+"""Drawing helpers for the report: ROC and line plots as inline SVG, images as PNG data URIs.
 
 Everything here returns text that can be pasted into one HTML file: no external resources, no
 script. Every label is passed through ``html.escape``. SVG is written without an ``xmlns``
@@ -18,7 +18,8 @@ from html import escape
 import numpy as np
 import numpy.typing as npt
 
-# Okabe–Ito colours, distinguishable with the common colour-vision deficiencies.
+# Okabe–Ito colours, distinguishable with the common colour-vision deficiencies, plus Tol's
+# wine for an eighth line.
 PALETTE = (
     "#0072B2",
     "#D55E00",
@@ -27,6 +28,7 @@ PALETTE = (
     "#E69F00",
     "#56B4E9",
     "#000000",
+    "#882255",
 )
 
 
@@ -119,6 +121,91 @@ def roc_svg(curves: Sequence[Curve], title: str, *, size: int = 300) -> str:
             f'stroke-width="{stroke}"{dash}/>'
             f'<text x="{lx + 30}" y="{y + 4}">{escape(label)}</text>'
         )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a line plot: its legend label and a y value per x category."""
+
+    label: str
+    ys: Sequence[float]
+    dashed: bool = False
+
+
+def line_svg(
+    xs: Sequence[str], series: Sequence[Series], title: str, *, x_label: str, y_label: str
+) -> str:
+    """A line plot over categorical ``xs`` (equally spaced), y from 0 to 1, chance at 0.5.
+
+    Made for AUROC against a size such as the input dimension, where the categories are
+    powers of two and a linear axis would crowd the small ones.
+    """
+    left, top, bottom, gap, width_plot, height_plot = 52, 30, 44, 18, 360, 240
+    longest = max((len(s.label) for s in series), default=0)
+    legend_w = max(200, math.ceil(6.5 * longest) + 40)
+    width = left + width_plot + gap + legend_w
+    height = max(top + height_plot + bottom, top + 10 + (len(series) + 1) * 18)
+    step = width_plot / max(len(xs) - 1, 1)
+
+    def px(i: int) -> str:
+        return _num(left + i * step)
+
+    def py(v: float) -> str:
+        return _num(top + (1.0 - v) * height_plot)
+
+    out = [
+        f'<svg class="lines" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" font-family="sans-serif" font-size="11">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left + width_plot / 2:.1f}" y="18" text-anchor="middle" font-size="13" '
+        f'font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{width_plot}" height="{height_plot}" fill="#fff" '
+        'stroke="#333"/>',
+    ]
+    for i in range(6):
+        v = i / 5
+        out.append(
+            f'<line x1="{left}" y1="{py(v)}" x2="{left + width_plot}" y2="{py(v)}" '
+            f'stroke="#e5e5e5"/><text x="{left - 8}" y="{float(py(v)) + 4:.1f}" '
+            f'text-anchor="end">{v:g}</text>'
+        )
+    for i, x in enumerate(xs):
+        out.append(
+            f'<line x1="{px(i)}" y1="{top + height_plot}" x2="{px(i)}" '
+            f'y2="{top + height_plot + 5}" stroke="#333"/><text x="{px(i)}" '
+            f'y="{top + height_plot + 17}" text-anchor="middle">{escape(x)}</text>'
+        )
+    out.append(
+        f'<text x="{left + width_plot / 2:.1f}" y="{top + height_plot + 36}" '
+        f'text-anchor="middle">{escape(x_label)}</text>'
+        f'<text transform="translate(14 {top + height_plot / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+        f'<line x1="{left}" y1="{py(0.5)}" x2="{left + width_plot}" y2="{py(0.5)}" '
+        'stroke="#999" stroke-dasharray="4 4"/>'
+    )
+    lx = left + width_plot + gap
+    for i, line in enumerate(series):
+        colour = PALETTE[i % len(PALETTE)]
+        dash = ' stroke-dasharray="6 3"' if line.dashed else ""
+        points = " ".join(f"{px(j)},{py(v)}" for j, v in enumerate(line.ys))
+        y = top + 10 + i * 18
+        out.append(
+            f'<polyline class="series" points="{points}" fill="none" stroke="{colour}" '
+            f'stroke-width="2"{dash}/>'
+            + "".join(
+                f'<circle cx="{px(j)}" cy="{py(v)}" r="2.5" fill="{colour}"/>'
+                for j, v in enumerate(line.ys)
+            )
+            + f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="{colour}" '
+            f'stroke-width="2"{dash}/><text x="{lx + 30}" y="{y + 4}">{escape(line.label)}</text>'
+        )
+    y = top + 10 + len(series) * 18
+    out.append(
+        f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="#999" '
+        f'stroke-dasharray="4 4"/><text x="{lx + 30}" y="{y + 4}">chance (0.5)</text>'
+    )
     out.append("</svg>")
     return "\n".join(out)
 
