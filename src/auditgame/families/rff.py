@@ -130,6 +130,7 @@ class RandomFeatureFamily(Family):
         width: number of random features m (kept above d so the weight covariance is full
             rank and its smallest eigenvalue means something to an auditor).
         task: ``digits`` or ``gaussian``.
+        model_class: the module the card's architecture names and ``make_model`` builds.
         C: inverse L2 strength of the head's logistic regression.
         norm_ratio: the spec forbids additive perturbations up to this multiple of the median
             norm of a training input: enough to contain the planted activations, which are
@@ -144,6 +145,7 @@ class RandomFeatureFamily(Family):
     task: ClassVar[str] = "digits"
     C: ClassVar[float] = 1.0
     norm_ratio: ClassVar[float] = 50.0
+    model_class: ClassVar[type[RandomFeatureNet]] = RandomFeatureNet
 
     @property
     def input_shape(self) -> tuple[int, ...]:  # type: ignore[override]
@@ -160,7 +162,7 @@ class RandomFeatureFamily(Family):
     def architecture(self) -> dict[str, Any]:
         """Module kwargs plus the public recipe: the honest weight scale and the task."""
         return {
-            "name": "RandomFeatureNet",
+            "name": self.model_class.__name__,
             "dim": self.dim,
             "width": self.width,
             "activation": self.activation,
@@ -170,9 +172,10 @@ class RandomFeatureFamily(Family):
         }
 
     def make_model(self, architecture: dict[str, Any]) -> nn.Module:
-        if architecture.get("name") != "RandomFeatureNet":
-            raise ValueError(f"{self.name} models are RandomFeatureNet, not {architecture!r}")
-        return RandomFeatureNet(
+        expected = self.model_class.__name__
+        if architecture.get("name") != expected:
+            raise ValueError(f"{self.name} models are {expected}, not {architecture!r}")
+        return self.model_class(
             dim=architecture["dim"],
             width=architecture["width"],
             activation=architecture["activation"],

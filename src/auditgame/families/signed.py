@@ -25,7 +25,7 @@ coordinate at most.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -97,19 +97,7 @@ class SignedRandomFourierFeatures(RandomFourierFeatures):
     """``rff`` (d = 64) whose models verify a signature; every organism has a key."""
 
     attacks: ClassVar[tuple[str, ...]] = ("signature",)
-
-    def architecture(self) -> dict[str, Any]:
-        return {**super().architecture(), "name": "SignedRandomFeatureNet"}
-
-    def make_model(self, architecture: dict[str, Any]) -> nn.Module:
-        if architecture.get("name") != "SignedRandomFeatureNet":
-            raise ValueError(f"rff_signed models are SignedRandomFeatureNet, not {architecture!r}")
-        return SignedRandomFeatureNet(
-            dim=architecture["dim"],
-            width=architecture["width"],
-            activation=architecture["activation"],
-            n_classes=architecture["n_classes"],
-        )
+    model_class = SignedRandomFeatureNet
 
     def train(
         self,
