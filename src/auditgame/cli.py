@@ -18,6 +18,7 @@ from rich.table import Table
 from auditgame import registry
 from auditgame.access import Budget
 from auditgame.errors import AuditgameError
+from auditgame.fitting import fit_here
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.organism import Organism
@@ -121,6 +122,7 @@ def audit(
             )
         budget = Budget(seconds=seconds)
         instance = cls(**_parse_params(param or []))
+        fit_here(instance, organism.card.family, DATA_DIR / "fits")
         finding = instance.audit(make_subject(organism, cls.access, budget), budget, seed=seed)
     except (AuditgameError, TypeError, ValueError) as exc:
         _fail(exc)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from auditgame import registry
 from auditgame.access import Budget
+from auditgame.fitting import FittedAuditor, ensure_fitted
 from auditgame.provenance import code_fingerprint
 from auditgame.run.base import Executor
 from auditgame.run.task import Outcome, Task
@@ -84,11 +85,14 @@ def play(
     executor: Executor,
     *,
     on_score: Callable[[Score], None] | None = None,
+    fits_dir: Path | None = None,
 ) -> str:
     """Run every unfinished pair of ``game`` and store its score; returns the game id.
 
     Safe to interrupt: each finished pair is committed as it arrives, and calling ``play``
-    again runs only the pairs that are missing.
+    again runs only the pairs that are missing. Auditors with a fitting stage are fitted here,
+    once, before any task is sent (cached under ``fits_dir``, default ``fits`` beside the
+    store); the fit never sees the zoo or its secrets.
     """
     zoo = Zoo(game.zoo)
     family = registry.get("family", zoo.family)()
@@ -97,6 +101,14 @@ def play(
     store.add_game(game_id, game.describe())
     done = store.finished(game_id)
     secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
+    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
+    fit_paths: dict[str, Path] = {}
+    for spec in game.auditors:
+        cls = auditors[spec.name]
+        if issubclass(cls, FittedAuditor) and cls.supports(zoo.family):
+            pending = any((oid, spec.name) not in done for oid in zoo.ids)
+            if pending:
+                fit_paths[spec.name] = ensure_fitted(cls(**spec.params), zoo.family, fits_root)
 
     tasks: list[Task] = []
     for oid in zoo.ids:
@@ -117,6 +129,7 @@ def play(
                     budget=game.budget,
                     seed=auditor_seed(game.seed, oid, spec.name),
                     traffic=traffic,
+                    fit_path=fit_paths.get(spec.name),
                 )
             )
 

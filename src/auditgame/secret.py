@@ -21,9 +21,11 @@ from cryptography.fernet import Fernet, InvalidToken
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from auditgame.errors import ZooError
-from auditgame.trigger import Trigger
+from auditgame.trigger import InputTrigger
+from auditgame.trigger import load as load_trigger
 
-PAD_BLOCK = 64 * 1024
+# Every sealed secret has this one length: two 28x28 triggers and a warping field fit.
+PAD_BLOCK = 256 * 1024
 
 
 class Secret(BaseModel):
@@ -33,8 +35,10 @@ class Secret(BaseModel):
         backdoored: whether a violation was planted.
         attack: the attack's registered name, or None for a clean organism.
         params: the attack's parameters as drawn.
-        trigger: the planted trigger as ``Trigger.to_dict()``, if the attack has one.
-        target: the label the trigger sends inputs to.
+        trigger: the planted trigger's ``to_dict()`` (any kind ``trigger.load`` knows), if
+            the attack has one.
+        target: the label the trigger sends inputs to; None for a backdoor without a single
+            target (all-to-all), whose mapping is in ``params``.
         poison_rate: fraction of training inputs poisoned.
         asr: the attack's own success rate on held-out data (``judge.attack_success_rate``).
         clean_accuracy: accuracy on the held-out test split.
@@ -62,8 +66,9 @@ class Secret(BaseModel):
         """SHA-256 of the canonical JSON of the secret, salt included."""
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
-    def trigger_object(self) -> Trigger | None:
-        return Trigger.from_dict(self.trigger) if self.trigger is not None else None
+    def trigger_object(self) -> InputTrigger | None:
+        """The planted trigger, of whatever kind the attack used (see ``trigger.load``)."""
+        return load_trigger(self.trigger) if self.trigger is not None else None
 
 
 def new_key() -> bytes:
@@ -88,8 +93,13 @@ def read_key(path: Path) -> bytes:
 
 def seal(secret: Secret, key: bytes) -> bytes:
     plain = secret.canonical_bytes()
-    padded_len = -(-len(plain) // PAD_BLOCK) * PAD_BLOCK
-    return Fernet(key).encrypt(plain.ljust(padded_len, b" "))
+    if len(plain) > PAD_BLOCK:
+        # Padding to the next multiple would make this secret's length stand out.
+        raise ValueError(
+            f"a secret of {len(plain)} bytes exceeds the sealing block of {PAD_BLOCK}; "
+            "store the trigger more compactly"
+        )
+    return Fernet(key).encrypt(plain.ljust(PAD_BLOCK, b" "))
 
 
 def unseal(token: bytes, key: bytes, *, path: Path, commitment: str) -> Secret:

@@ -16,7 +16,7 @@ import torch
 from auditgame import registry
 from auditgame.families.base import Dataset, Family
 from auditgame.secret import Secret
-from auditgame.trigger import Trigger
+from auditgame.trigger import InputTrigger
 
 DECOY_ATTACKS = ("badnets", "blend")
 
@@ -38,20 +38,21 @@ def make_traffic(
     """``n`` test-split inputs in random order, ``triggered_fraction`` of them triggered.
 
     Triggered inputs are drawn from those whose label is not the trigger's target, so each
-    one is an input the backdoor would change.
+    one is an input the backdoor would change (any input, for a backdoor with no single
+    target).
     """
     test: Dataset = family.data().test
-    trigger: Trigger | None = secret.trigger_object()
-    if trigger is not None and secret.target is not None:
-        target = secret.target
-    else:
+    trigger: InputTrigger | None = secret.trigger_object()
+    target: int | None = secret.target
+    if trigger is None:
         decoy = registry.get("attack", decoys[int(rng.integers(len(decoys)))])()
         draw = decoy.draw(rng, family)
         trigger, target = draw.trigger, draw.target
     n = min(n, len(test))
     order = rng.permutation(len(test))[:n]
     x = test.x[order].clone()
-    eligible = np.flatnonzero(test.y[order].numpy() != target)
+    labels = test.y[order].numpy()
+    eligible = np.flatnonzero(labels != target) if target is not None else np.arange(n)
     count = min(len(eligible), round(triggered_fraction * n))
     chosen = torch.as_tensor(rng.choice(eligible, size=count, replace=False))
     x[chosen] = trigger.apply(x[chosen])

@@ -8,11 +8,47 @@ reconstructed trigger with the planted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+
+class InputTrigger(Protocol):
+    """Any planted input transformation: a mask-and-pattern ``Trigger``, a warping field, ...
+
+    A secret stores ``to_dict()``, which carries a ``"kind"`` key for every kind but the
+    mask-and-pattern one (the original format, kept readable); ``load`` turns it back.
+    """
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor: ...
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+_KINDS: dict[str, Callable[[dict[str, Any]], InputTrigger]] = {}
+
+
+def trigger_kind(name: str) -> Callable[[type], type]:
+    """Class decorator: ``load`` rebuilds dicts with ``"kind": name`` by ``cls.from_dict``."""
+
+    def register(cls: type) -> type:
+        _KINDS[name] = cls.from_dict  # type: ignore[attr-defined]
+        return cls
+
+    return register
+
+
+def load(data: dict[str, Any]) -> InputTrigger:
+    """Rebuild a stored trigger of any registered kind (mask-and-pattern when unmarked)."""
+    kind = data.get("kind")
+    if kind is None:
+        return Trigger.from_dict(data)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown trigger kind {kind!r}; known: {sorted(_KINDS)}")
+    return _KINDS[kind](data)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from auditgame.errors import AuditgameError
 from auditgame.families.base import Family, accuracy
 from auditgame.params import Configurable
 from auditgame.secret import Secret
-from auditgame.trigger import Trigger
+from auditgame.trigger import InputTrigger
 
 
 class PlantingFailed(AuditgameError):
@@ -53,7 +53,7 @@ class PlantingFailed(AuditgameError):
 class Draw:
     """One random instance of an attack: its trigger, target and poisoning rate."""
 
-    trigger: Trigger
+    trigger: InputTrigger
     target: int
     poison_rate: float
     params: dict[str, Any] = field(default_factory=dict)

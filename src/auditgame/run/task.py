@@ -17,6 +17,7 @@ import torch
 from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.finding import Finding
+from auditgame.fitting import FittedAuditor, load_fit
 from auditgame.organism import Organism
 from auditgame.subject import Subject
 
@@ -31,6 +32,8 @@ class Task:
     budget: the auditor's budget.
     seed: seeds the auditor's randomness.
     traffic: run-time inputs, for dynamic auditors only.
+    fit_path: the auditor's cached fit (``auditgame.fitting``), for auditors with a fitting
+        stage; the referee fits before sending tasks, so workers only load.
     """
 
     organism_path: Path
@@ -40,6 +43,7 @@ class Task:
     budget: Budget
     seed: int
     traffic: torch.Tensor | None = None
+    fit_path: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +87,9 @@ def run_task(task: Task) -> Outcome:
     organism = Organism.open(task.organism_path)
     importlib.import_module(task.auditor_module)
     auditor = registry.get("auditor", task.auditor)(**task.params)
+    if task.fit_path is not None:
+        assert isinstance(auditor, FittedAuditor)
+        load_fit(auditor, task.fit_path)
     subject = make_subject(organism, auditor.access, task.budget, task.traffic)
     finding = auditor.audit(subject, task.budget, seed=task.seed)
     asr, inside = check_witness(organism, finding)

@@ -1,0 +1,132 @@
+"""Auditors that learn before they audit: a fitting stage, declared, cached and kept apart.
+
+Some detectors are calibrated or trained on models the auditor builds itself: Neural Cleanse's
+per-family null distribution from clean reference models, MNTD's meta-classifier and ULP's
+litmus patterns from a *shadow zoo*. That is the auditor's own fitting data, and the rules
+are those of any learned detector: it may use the family's public recipe (``Family.train``,
+the data the card names) and attacks of its own choosing, never an evaluated organism or a
+secret of the evaluated zoo.
+
+A ``FittedAuditor`` writes ``fit`` (family name and a work folder in, named tensors out) and
+reads its fit back in ``load_fitted``. ``ensure_fitted`` runs the fit once per (auditor,
+parameters, family, code version) and caches it as safetensors, so a game fits in the referee
+before any task is sent, and every worker, local or remote, loads the same file.
+
+Shadow zoos are ordinary zoos built from a seed in a namespace of their own
+(``shadow_seed``), so their organisms are trained from seeds disjoint from any zoo built from
+a small integer seed, and with attacks the evaluated zoo's secrets do not choose.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from abc import abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from auditgame.auditors.base import Auditor
+from auditgame.provenance import code_fingerprint
+
+SHADOW_NAMESPACE = 0x5AD0_2026
+
+
+class FittedAuditor(Auditor):
+    """An auditor with a fitting stage; ``run`` may rely on ``self.fitted``."""
+
+    fitted: dict[str, torch.Tensor] | None = None
+
+    @abstractmethod
+    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
+        """Learn what ``run`` needs for ``family``; ``workdir`` holds shadow zoos and the like.
+
+        Must be deterministic given the auditor's parameters: the result is cached by them.
+        """
+
+    def load_fitted(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.fitted = tensors
+
+    def require_fitted(self) -> dict[str, torch.Tensor]:
+        if self.fitted is None:
+            raise RuntimeError(
+                f"{self.name} has a fitting stage: call auditgame.fitting.ensure_fitted "
+                "(a game does this before auditing)"
+            )
+        return self.fitted
+
+
+def fit_id(auditor: FittedAuditor, family: str) -> str:
+    """Same auditor, parameters, family and package source: same fit."""
+    text = json.dumps(
+        [auditor.name, auditor.get_params(), family, code_fingerprint()], sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_fitted(auditor: FittedAuditor, family: str, root: Path) -> Path:
+    """Fit ``auditor`` for ``family`` unless a cached fit exists; returns the fit's file.
+
+    Concurrent callers wait on a file lock and the fit is written atomically, so an
+    interrupted fit leaves nothing behind that a later call would mistake for a finished one.
+    """
+    root = Path(root)
+    path = root / family / f"{auditor.name}-{fit_id(auditor, family)}.safetensors"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not path.is_file():
+            tensors = auditor.fit(family, root / family / "work")
+            tmp = path.with_name(f".{path.name}.tmp")
+            contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+            save_file(contiguous, tmp, metadata={"auditor": auditor.name, "family": family})
+            os.replace(tmp, path)
+    return path
+
+
+def load_fit(auditor: FittedAuditor, path: Path) -> None:
+    """Load a fit written by ``ensure_fitted`` into ``auditor`` (safetensors, no pickle)."""
+    auditor.load_fitted(load_file(path))
+
+
+def fit_here(auditor: Auditor, family: str, root: Path) -> Path | None:
+    """``ensure_fitted`` and load, for an auditor that has a fitting stage; else nothing."""
+    if not isinstance(auditor, FittedAuditor):
+        return None
+    path = ensure_fitted(auditor, family, root)
+    load_fit(auditor, path)
+    return path
+
+
+def shadow_seed(fit_seed: int) -> int:
+    """The seed of a shadow zoo: drawn from a namespace no evaluated zoo's seed falls in."""
+    digest = hashlib.sha256(f"shadow:{SHADOW_NAMESPACE}:{fit_seed}".encode()).digest()
+    return int.from_bytes(digest[:7], "little")
+
+
+def shadow_zoo(
+    family: str,
+    n: int,
+    fit_seed: int,
+    workdir: Path,
+    *,
+    attacks: Sequence[str] = ("jumbo",),
+    workers: int | None = None,
+) -> Path:
+    """Build (or reuse) a shadow zoo of ``n`` organisms, half clean, under ``workdir``.
+
+    Returns the zoo folder; its key lies beside it, and the auditor that built it may read
+    its secrets: these are the auditor's own models.
+    """
+    from auditgame.zoo import build_zoo
+
+    seed = shadow_seed(fit_seed)
+    out = Path(workdir) / f"shadow-{'-'.join(attacks)}-n{n}-s{fit_seed}"
+    build_zoo(family, n, seed, out, attacks=attacks, workers=workers or os.cpu_count() or 1)
+    return out
