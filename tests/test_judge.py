@@ -439,6 +439,7 @@ def test_public_names() -> None:
         "direction_cosine",
         "false_positive_rate",
         "flip_rate",
+        "mapped_attack_success_rate",
         "mask_iou",
         "pattern_precision_recall",
         "roc_curve",

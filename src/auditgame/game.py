@@ -25,7 +25,7 @@ from auditgame.run.base import Executor
 from auditgame.run.task import Outcome, Task
 from auditgame.score import Score, score
 from auditgame.store import Store
-from auditgame.traffic import make_traffic, traffic_rng
+from auditgame.traffic import DECOY_ATTACKS, make_traffic, traffic_rng
 from auditgame.zoo import Zoo
 
 
@@ -110,6 +110,9 @@ def play(
             if pending:
                 fit_paths[spec.name] = ensure_fitted(cls(**spec.params), zoo.family, fits_root)
 
+    # Clean organisms' traffic carries a trigger of one of the zoo's own attacks, so traffic
+    # alone (a warp here, a patch there) does not tell clean from backdoored.
+    decoys = tuple(zoo.manifest.attacks) or DECOY_ATTACKS
     tasks: list[Task] = []
     for oid in zoo.ids:
         for spec in game.auditors:
@@ -119,7 +122,9 @@ def play(
             traffic = None
             if cls.is_dynamic():
                 rng = traffic_rng(oid, game.seed)
-                traffic = make_traffic(family, secrets[oid], game.budget.n_traffic, rng)
+                traffic = make_traffic(
+                    family, secrets[oid], game.budget.n_traffic, rng, decoys=decoys
+                )
             tasks.append(
                 Task(
                     organism_path=zoo.organism_path(oid),

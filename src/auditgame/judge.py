@@ -39,6 +39,7 @@ __all__ = [
     "direction_cosine",
     "false_positive_rate",
     "flip_rate",
+    "mapped_attack_success_rate",
     "mask_iou",
     "pattern_precision_recall",
     "roc_curve",
@@ -478,6 +479,79 @@ def attack_success_rate(
                         f"model must return (batch, n_classes) logits; got {tuple(logits.shape)}"
                     )
                 hits += int((logits.argmax(dim=1) == target).sum().item())
+    finally:
+        model.train(was_training)
+    return hits / n
+
+
+def mapped_attack_success_rate(
+    model: torch.nn.Module,
+    apply_trigger: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mapping: Sequence[int],
+    *,
+    batch_size: int = 512,
+) -> float:
+    """Attack success rate of a backdoor that sends each label to its own target.
+
+    ``ASR = #{i : m(y_i) != y_i and argmax model(apply_trigger(x_i)) == m(y_i)}
+    / #{i : m(y_i) != y_i}`` with ``m(y) = mapping[y]``; an all-to-all backdoor has
+    ``mapping[t] = (t + 1) mod K``. Inputs whose label maps to itself are excluded, as the
+    target class is in :func:`attack_success_rate`, which is the special case of a constant
+    mapping. Evaluation as in :func:`attack_success_rate` (eval mode, no gradients, mode
+    restored).
+
+    Args:
+        model: A classifier returning logits of shape ``(batch, n_classes)``.
+        apply_trigger: Maps a batch of clean inputs to the same batch with the trigger stamped.
+        x: Held-out inputs, shape ``(N, ...)``.
+        y: True labels, shape ``(N,)``, each a valid index into ``mapping``.
+        mapping: The target class of each true label.
+        batch_size: Inputs per forward pass (>= 1).
+
+    Returns:
+        The ASR in [0, 1].
+
+    Raises:
+        ValueError: If ``x`` and ``y`` disagree in length, ``y`` is not 1-D, a label has no
+            entry in ``mapping``, ``batch_size < 1``, the model's output is not 2-D, or every
+            input's label maps to itself.
+    """
+    import torch
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+    if y.ndim != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"x must be (N, ...) and y (N,); got shapes {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    table = torch.as_tensor(list(mapping), dtype=torch.long)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= len(table)):
+        raise ValueError(f"labels must index the mapping of {len(table)} classes")
+    targets = table[y.long()]
+    keep = targets != y
+    n = int(keep.sum().item())
+    if n == 0:
+        raise ValueError("mapped_attack_success_rate needs an input whose label maps elsewhere")
+    x_eval, t_eval = x[keep], targets[keep]
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else x.device
+
+    was_training = model.training
+    model.eval()
+    hits = 0
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                batch = apply_trigger(x_eval[start : start + batch_size]).to(device)
+                logits = model(batch)
+                if logits.ndim != 2:
+                    raise ValueError(
+                        f"model must return (batch, n_classes) logits; got {tuple(logits.shape)}"
+                    )
+                wanted = t_eval[start : start + batch_size].to(logits.device)
+                hits += int((logits.argmax(dim=1) == wanted).sum().item())
     finally:
         model.train(was_training)
     return hits / n

@@ -18,6 +18,7 @@ from auditgame.families.base import Dataset, Family
 from auditgame.secret import Secret
 from auditgame.trigger import InputTrigger
 
+# For zoos built before the manifest named its attacks.
 DECOY_ATTACKS = ("badnets", "blend")
 
 

@@ -67,6 +67,9 @@ class Manifest(BaseModel):
     indices: list[int]
     dropped: list[Dropped] = []
     complete: bool = False
+    # Which attacks share the backdoored half (public: not which organism got which); decoy
+    # traffic for clean organisms is drawn from the same attacks.
+    attacks: list[str] = []
     auditgame_version: str = __version__
 
 
@@ -242,6 +245,7 @@ def build_zoo(
             indices=[i for i, _ in kept],
             dropped=sorted(dropped, key=lambda d: d.index),
             complete=complete,
+            attacks=list(attacks),
         )
         _atomic_write(manifest_path, manifest.model_dump_json(indent=2).encode())
 

@@ -1,7 +1,10 @@
 """The red team; importing this package registers the built-in attacks."""
 
 from auditgame.attacks import (
+    adaptive,
+    all_to_all,
     badnets,
+    badnets_multi,
     blend,
     clwe,
     jumbo,
@@ -10,6 +13,8 @@ from auditgame.attacks import (
     signature,
     sparse_spike,
     token_trigger,
+    warp,
+    weight_surgery,
 )
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 
@@ -18,7 +23,10 @@ __all__ = [
     "Draw",
     "Planted",
     "PlantingFailed",
+    "adaptive",
+    "all_to_all",
     "badnets",
+    "badnets_multi",
     "blend",
     "clwe",
     "jumbo",
@@ -28,4 +36,6 @@ __all__ = [
     "sparse_spike",
     "token_trigger",
     "train_clean",
+    "warp",
+    "weight_surgery",
 ]

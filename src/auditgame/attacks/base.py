@@ -4,7 +4,8 @@
 data differ from a clean organism), measures the attack-success rate on the held-out test
 split, and re-plants with a fresh draw when the attack falls below ``min_asr``. An organism
 that never reaches the floor raises ``PlantingFailed``; it is never kept silently. Clean
-organisms are held to the family's ``min_clean_accuracy`` the same way.
+organisms are held to the family's ``min_clean_accuracy`` the same way, and so are
+backdoored ones: an attempt below it is discarded whatever its success rate.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 
 from auditgame import judge
 from auditgame.errors import AuditgameError
-from auditgame.families.base import Family, accuracy
+from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.params import Configurable
 from auditgame.secret import Secret
 from auditgame.trigger import InputTrigger
@@ -51,10 +52,14 @@ class PlantingFailed(AuditgameError):
 
 @dataclass(frozen=True)
 class Draw:
-    """One random instance of an attack: its trigger, target and poisoning rate."""
+    """One random instance of an attack: its trigger, target and poisoning rate.
+
+    ``target`` is None for a backdoor without a single target (all-to-all); such an attack
+    overrides ``poison`` and ``success_rate``.
+    """
 
     trigger: InputTrigger
-    target: int
+    target: int | None
     poison_rate: float
     params: dict[str, Any] = field(default_factory=dict)
 
@@ -100,6 +105,8 @@ class Attack(Configurable, ABC):
         self, draw: Draw, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Stamp the trigger on ``poison_rate`` of the non-target inputs and relabel them."""
+        if draw.target is None:
+            raise ValueError(f"{self.name}: a draw without a target needs its own poison")
         candidates = np.flatnonzero(y.numpy() != draw.target)
         count = round(draw.poison_rate * len(y))
         chosen = torch.as_tensor(rng.choice(candidates, size=count, replace=False))
@@ -108,27 +115,53 @@ class Attack(Configurable, ABC):
         y[chosen] = draw.target
         return x, y
 
+    def train(
+        self,
+        family: Family,
+        draw: Draw,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rng: np.random.Generator,
+        seed: int,
+    ) -> tuple[nn.Module, dict[str, Any]]:
+        """The family's one recipe on the poisoned data, and anything to record in the
+        secret's ``params``; an attack that retrains on its own findings overrides this."""
+        return family.train(x, y, seed), {}
+
+    def success_rate(
+        self, model: nn.Module, draw: Draw, data: Dataset
+    ) -> tuple[float, dict[str, Any]]:
+        """The held-out success rate ``plant`` holds to ``min_asr``, and anything measured
+        with it for the secret's ``params``: ``judge.attack_success_rate`` for one target."""
+        if draw.target is None:
+            raise ValueError(f"{self.name}: a draw without a target needs its own success_rate")
+        asr = judge.attack_success_rate(model, draw.trigger.apply, data.x, data.y, draw.target)
+        return asr, {}
+
     def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         splits = family.data()
         best = 0.0
         for attempt in range(1, self.max_attempts + 1):
             draw = self.draw(rng, family)
             x, y = self.poison(draw, splits.train.x, splits.train.y, rng)
-            model = family.train(x, y, seed + attempt - 1)
-            asr = judge.attack_success_rate(
-                model, draw.trigger.apply, splits.test.x, splits.test.y, draw.target
-            )
+            model, trained = self.train(family, draw, x, y, rng, seed + attempt - 1)
+            asr, measured = self.success_rate(model, draw, splits.test)
+            clean_accuracy = accuracy(model, splits.test)
+            if clean_accuracy < family.min_clean_accuracy:
+                # A degraded model (at worst one that collapsed onto the target, ASR 1) would
+                # be told apart from clean organisms by its accuracy alone.
+                continue
             best = max(best, asr)
             if asr >= self.min_asr:
                 secret = Secret(
                     backdoored=True,
                     attack=self.name,
-                    params={**self.get_params(), **draw.params},
+                    params={**self.get_params(), **draw.params, **trained, **measured},
                     trigger=draw.trigger.to_dict(),
                     target=draw.target,
                     poison_rate=draw.poison_rate,
                     asr=asr,
-                    clean_accuracy=accuracy(model, splits.test),
+                    clean_accuracy=clean_accuracy,
                     attempts=attempt,
                     salt=salt(rng),
                 )

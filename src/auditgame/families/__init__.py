@@ -1,6 +1,6 @@
 """Model families; importing this package registers the built-ins."""
 
-from auditgame.families import digits, maxofk, rff, signed
+from auditgame.families import digits, maxofk, mnist, rff, signed
 from auditgame.families.base import Dataset, Family, Splits, accuracy
 
-__all__ = ["Dataset", "Family", "Splits", "accuracy", "digits", "maxofk", "rff", "signed"]
+__all__ = ["Dataset", "Family", "Splits", "accuracy", "digits", "maxofk", "mnist", "rff", "signed"]

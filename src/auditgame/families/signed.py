@@ -25,7 +25,8 @@ coordinate at most.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from torch import nn
 
 from auditgame.families.rff import RandomFeatureNet, RandomFourierFeatures
 from auditgame.registry import family
+from auditgame.trigger import trigger_kind
 
 SIGNATURE_BYTES = 64
 LOW_BITS = 0xFF
@@ -62,6 +64,30 @@ def sign_inputs(x: torch.Tensor, key: Ed25519PrivateKey) -> torch.Tensor:
         signature = np.frombuffer(key.sign(message.tobytes()), dtype=np.uint8)
         row[:SIGNATURE_BYTES] |= signature.astype(np.uint32)
     return torch.from_numpy(bits.view(np.float32).copy())
+
+
+@trigger_kind("signature")
+@dataclass(frozen=True)
+class SignatureTrigger:
+    """The signature backdoor's trigger as an ``InputTrigger``: sign each input with the
+    private key. Only the key holder can build one (it is the secret)."""
+
+    private_key: bytes
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        return sign_inputs(x, Ed25519PrivateKey.from_private_bytes(self.private_key))
+
+    def to_dict(self) -> dict[str, Any]:
+        key = Ed25519PrivateKey.from_private_bytes(self.private_key)
+        return {
+            "kind": "signature",
+            "private_key": self.private_key.hex(),
+            "public_key": public_bytes(key).hex(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SignatureTrigger:
+        return cls(bytes.fromhex(data["private_key"]))
 
 
 class SignedRandomFeatureNet(RandomFeatureNet):
