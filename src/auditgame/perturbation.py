@@ -14,9 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from auditgame.trigger import trigger_kind
+
 KIND = "additive"
 
 
+@trigger_kind(KIND)
 @dataclass(frozen=True)
 class AdditiveTrigger:
     """``x -> x + delta`` for inputs of shape ``(N, d)``.

@@ -18,9 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from auditgame.trigger import trigger_kind
+
 KIND = "token_pattern"
 
 
+@trigger_kind(KIND)
 @dataclass(frozen=True)
 class TokenPattern:
     """Attributes:
@@ -64,6 +67,10 @@ class TokenPattern:
             for token, position in zip(self.tokens, self.positions, strict=True):
                 out[:, position] = token
         return out
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``stamp`` with a fixed generator: the ``InputTrigger`` interface (traffic, checks)."""
+        return self.stamp(x, torch.Generator().manual_seed(0))
 
     def support(self, vocab: int, k: int) -> int:
         """How many of the ``vocab**k`` inputs contain the pattern (exact, by counting).

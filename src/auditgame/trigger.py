@@ -47,6 +47,12 @@ def load(data: dict[str, Any]) -> InputTrigger:
     if kind is None:
         return Trigger.from_dict(data)
     if kind not in _KINDS:
+        # Kinds register on import of the module that defines them; the built-ins and plugins
+        # are all imported by the registry.
+        from auditgame import registry
+
+        registry.load_plugins()
+    if kind not in _KINDS:
         raise ValueError(f"unknown trigger kind {kind!r}; known: {sorted(_KINDS)}")
     return _KINDS[kind](data)
 

@@ -29,6 +29,7 @@ from auditgame.attacks.base import Planted, PlantingFailed, salt
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Family, accuracy
 from auditgame.families.signed import (
+    SignatureTrigger,
     SignedRandomFourierFeatures,
     public_bytes,
     set_public_key,
@@ -81,11 +82,7 @@ class Signature(Configurable):
             backdoored=True,
             attack="signature",
             params={**self.get_params(), "measured": measured},
-            trigger={
-                "kind": "signature",
-                "private_key": private.hex(),
-                "public_key": public_bytes(key).hex(),
-            },
+            trigger=SignatureTrigger(private).to_dict(),
             target=None,
             asr=rate,
             clean_accuracy=measured["clean_accuracy"],
