@@ -38,7 +38,11 @@ def test_audit_prints_the_finding_and_its_witness(tiny_zoo) -> None:
     bad = tiny_zoo.by_role("badnets")[0]
     path = tiny_zoo.zoo.organism_path(bad)
     result = runner.invoke(
-        app, ["audit", str(path), "--auditor", "neural_cleanse", "--param", "steps=150"]
+        app,
+        [
+            *["audit", str(path), "--auditor", "neural_cleanse"],
+            *["--param", "steps=150", "--param", "calibrate=false"],
+        ],
     )
     assert result.exit_code == 0, result.output
     finding = json.loads(result.stdout)

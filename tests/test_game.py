@@ -132,7 +132,7 @@ def test_a_killed_run_resumes_without_loss_or_duplicates(tiny_zoo, tmp_path: Pat
     store = tmp_path / "r.sqlite"
     command = [
         sys.executable, "-m", "auditgame", "play", "--zoo", str(tiny_zoo.zoo.root),
-        "--auditor", "neural_cleanse", "--workers", "2", "--store", str(store),
+        "--auditor", "abs", "--workers", "2", "--store", str(store),
     ]  # fmt: skip
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
     proc = subprocess.Popen(

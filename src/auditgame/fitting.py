@@ -23,41 +23,18 @@ import fcntl
 import hashlib
 import json
 import os
-from abc import abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 
-from auditgame.auditors.base import Auditor
+# FittedAuditor lives beside Auditor: an auditor module that subclasses it is imported by the
+# auditors package, which importing this module's Auditor loads, so defining it here would
+# make that import circular.
+from auditgame.auditors.base import Auditor, FittedAuditor
 from auditgame.provenance import code_fingerprint
 
 SHADOW_NAMESPACE = 0x5AD0_2026
-
-
-class FittedAuditor(Auditor):
-    """An auditor with a fitting stage; ``run`` may rely on ``self.fitted``."""
-
-    fitted: dict[str, torch.Tensor] | None = None
-
-    @abstractmethod
-    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
-        """Learn what ``run`` needs for ``family``; ``workdir`` holds shadow zoos and the like.
-
-        Must be deterministic given the auditor's parameters: the result is cached by them.
-        """
-
-    def load_fitted(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.fitted = tensors
-
-    def require_fitted(self) -> dict[str, torch.Tensor]:
-        if self.fitted is None:
-            raise RuntimeError(
-                f"{self.name} has a fitting stage: call auditgame.fitting.ensure_fitted "
-                "(a game does this before auditing)"
-            )
-        return self.fitted
 
 
 def fit_id(auditor: FittedAuditor, family: str) -> str:
@@ -128,5 +105,9 @@ def shadow_zoo(
 
     seed = shadow_seed(fit_seed)
     out = Path(workdir) / f"shadow-{'-'.join(attacks)}-n{n}-s{fit_seed}"
-    build_zoo(family, n, seed, out, attacks=attacks, workers=workers or os.cpu_count() or 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Several auditors share one shadow zoo; two processes fitting at once build it in turn.
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_zoo(family, n, seed, out, attacks=attacks, workers=workers or os.cpu_count() or 1)
     return out

@@ -12,6 +12,7 @@ import time
 import traceback
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Protocol, final
 
 import numpy as np
@@ -99,6 +100,31 @@ class Auditor(Configurable, ABC):
     @abstractmethod
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         """Examine the subject and return a verdict; may use only what ``access`` allows."""
+
+
+class FittedAuditor(Auditor):
+    """An auditor with a fitting stage (see ``auditgame.fitting``); ``run`` may rely on
+    ``self.fitted``."""
+
+    fitted: dict[str, torch.Tensor] | None = None
+
+    @abstractmethod
+    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
+        """Learn what ``run`` needs for ``family``; ``workdir`` holds shadow zoos and the like.
+
+        Must be deterministic given the auditor's parameters: the result is cached by them.
+        """
+
+    def load_fitted(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.fitted = tensors
+
+    def require_fitted(self) -> dict[str, torch.Tensor]:
+        if self.fitted is None:
+            raise RuntimeError(
+                f"{self.name} has a fitting stage: call auditgame.fitting.ensure_fitted "
+                "(a game does this before auditing)"
+            )
+        return self.fitted
 
 
 def anomaly_index(values: np.ndarray) -> np.ndarray:
