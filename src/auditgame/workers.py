@@ -1,7 +1,8 @@
 """Process-pool hygiene shared by the zoo builder and the local executor.
 
 Torch's OpenMP threads busy-wait by default; with several processes on two cores that ran five
-times slower than one thread. Each worker therefore runs one passive thread.
+times slower than one thread. Each worker therefore runs one passive thread, for torch and for
+numpy's BLAS alike.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ def configure_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # numpy's BLAS reads OMP_NUM_THREADS only when first loaded; in a worker that already
+    # imported numpy (the in-process path) it would still spread one SVD over every core.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
 
 
 def mp_context() -> BaseContext:

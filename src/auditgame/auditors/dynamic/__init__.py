@@ -1,5 +1,11 @@
 """Dynamic baselines: they see run-time traffic and answer an easier question."""
 
-from auditgame.auditors.dynamic import mahalanobis
+from auditgame.auditors.dynamic import (
+    activation_clustering,
+    mahalanobis,
+    probe,
+    spectral,
+    strip,
+)
 
-__all__ = ["mahalanobis"]
+__all__ = ["activation_clustering", "mahalanobis", "probe", "spectral", "strip"]
