@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test lint report clean
+.PHONY: demo test lint report clean chromium
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +25,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+test: lint chromium
 	$(BIN)/python -m pytest
+
+# tests/test_browser.py opens the HTML report in headless chromium through chromedriver; it
+# fails (never skips) without them, so install Debian's packages when either is missing.
+chromium:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing chromium and chromium-driver for the browser tests"; \
+	  $$sudo apt-get install -y chromium chromium-driver \
+	  || { $$sudo apt-get update && $$sudo apt-get install -y chromium chromium-driver; } \
+	  || { echo "error: could not install chromium and chromium-driver, which" \
+	       "tests/test_browser.py needs; install them (apt-get install chromium" \
+	       "chromium-driver) and run make test again" >&2; exit 1; }; \
+	fi
 
 clean:
 	rm -rf auditgame-data auditgame-report

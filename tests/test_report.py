@@ -1,19 +1,26 @@
-"""The report: both files, separate static/dynamic tables, ROC SVG, trigger images, escaping."""
+"""The report: both files, sortable static/dynamic tables, ROC SVGs, the trigger gallery, the
+per-organism drill-down, escaping of hostile store strings, and serving it on loopback."""
 
 from __future__ import annotations
 
 import re
 import struct
+import threading
+import urllib.error
+import urllib.request
 import zlib
 from collections.abc import Iterator
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from auditgame.cli import app
 from auditgame.finding import Cost, Finding
 from auditgame.perturbation import AdditiveTrigger
-from auditgame.report import write_report
+from auditgame.report import content, report_server, report_url, write_report
 from auditgame.report.svg import Series, line_svg, png_bytes
 from auditgame.score import Score
 from auditgame.secret import Secret
@@ -112,9 +119,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 
 
 def _section(html: str, title: str) -> str:
-    """The HTML between heading ``title`` and the next ``<h3>``."""
-    start = html.index(f"<h3>{title}</h3>")
-    end = html.find("<h3>", start + 1)
+    """The HTML between heading ``title`` and the next ``<h3``."""
+    start = html.index(f">{title}</h3>")
+    end = html.find("<h3", start + 1)
     return html[start:end]
 
 
@@ -125,41 +132,61 @@ def test_report_contents(store: Store, tmp_path: Path) -> None:
     html = html_path.read_text(encoding="utf-8")
     md = md_path.read_text(encoding="utf-8")
 
-    # Static and dynamic auditors in separate tables, with the sentence on dynamic baselines.
+    # Static and dynamic auditors in separate, sortable tables.
     static = _section(html, "Leaderboard: static auditors")
     dynamic = _section(html, "Leaderboard: dynamic baselines")
     for name in STATIC:
         assert f"<td>{name}</td>" in static and name not in dynamic
     assert f"<td>{DYNAMIC}</td>" in dynamic and DYNAMIC not in static
     assert "easier question" in dynamic
-    assert static.count("<table") == 1 and dynamic.count("<table") == 1
-    assert "AUROC [95% CI]" in static and "TPR@5%FPR" in static and "s/organism" in static
-    assert "<td>–</td>" in static  # weight_stats has no witness ASR or mask IoU
+    assert static.count('<table class="sortable leaderboard">') == 1
+    assert dynamic.count("<table") == 1
+    assert '<th scope="col"><button type="button">AUROC [95% CI]</button></th>' in static
+    assert "TPR@5%FPR" in static and "s/organism" in static
+    # Numbers sort by value; weight_stats has no witness ASR, so that cell sorts last.
+    assert re.search(r'<td class="num" data-v="0\.\d+">0\.\d{3} \[', static)
+    assert '<td class="num" data-v="">–</td>' in static
     assert "### Leaderboard: static auditors" in md and "### Leaderboard: dynamic baselines" in md
     for name in (*STATIC, DYNAMIC):
         assert f"| {name.replace('_', chr(92) + '_')} |" in md
 
-    # One ROC plot for the one family, a curve per auditor, AUROC in the legend.
+    # One comparison plot for the one family (a curve per auditor, AUROC in the legend), then
+    # per auditor a plot with a curve per attack and the pooled one.
     roc = _section(html, "ROC curves")
-    assert roc.count("<svg") == 1
-    assert roc.count('class="curve"') == 3
-    assert roc.count("AUROC") >= 3 and "false positive rate" in roc
+    assert roc.count('<svg class="roc"') == 1 + 3
+    comparison, per_auditor = roc.split('<details class="more">')
+    assert comparison.count('class="curve"') == 3 and comparison.count("AUROC") >= 3
+    assert per_auditor.count('class="curve"') == 3 * 3 and "blend: AUROC" in per_auditor
 
-    # Gallery: only neural_cleanse returns triggers; 4 backdoored organisms, 4 images each.
+    # Gallery: one card per backdoored organism, planted above neural_cleanse's reconstruction.
     gallery = _section(html, "Trigger gallery")
-    assert "<h4>neural_cleanse (4 of 4 backdoored organisms)</h4>" in gallery
-    assert "weight_stats" not in gallery
-    assert gallery.count('<img src="data:image/png;base64,') == 16
-    assert "target: true 3, predicted 3" in gallery and "mask IoU 0.60" in gallery
+    assert gallery.count('<figure class="trigger">') == 4
+    assert gallery.count('<img src="data:image/png;base64,') == 4 * 4
+    assert "Auditors that return no trigger: mahalanobis, weight_stats." in gallery
+    assert "<b>neural_cleanse</b>IoU 0.60 · ASR 0.90 · target 3" in gallery
+    assert "digits, badnets, target 3" in gallery and "<b>weight_stats</b>" not in gallery
+
+    # Drill-down: every organism, every auditor, with its error; linked from the gallery.
+    organisms = _section(html, "Organisms")
+    assert organisms.count('<details class="organism"') == len(ORGANISMS)
+    assert organisms.count("<tr><td>") == len(ORGANISMS) * 3
+    assert organisms.count('class="verdict error"') == 1
+    assert 'data-text="org-0 family:digits attack:badnets auditor:neural_cleanse' in organisms
+    ids = set(re.findall(r' id="([^"]+)"', html))
+    links = re.findall(r'href="#([^"]+)"', html)
+    assert {f"g0-o{i}" for i in range(len(ORGANISMS))} <= ids
+    assert set(links) <= ids and sum(link.startswith("g0-o") for link in links) >= 4
+    assert "### Organisms" in md and md.count("✓") + md.count("✗") >= 2 * len(ORGANISMS)
 
     # Provenance and description.
-    prov = html[html.index("<h3>Provenance</h3>") :]
+    prov = html[html.index(">Provenance</h3>") :]
     assert "0.1.0" in prov and "digits-7" in prov and "git revision" in prov
 
-    # Self-contained and escaped.
+    # Self-contained and escaped; the only script is ours, allowed by hash.
     assert not re.search(r"https?://|src=\"//|url\(|<link|@import", html)
-    assert "<script" not in html and "<script" not in md
+    assert html.count("<script") == 1 and EVIL not in html and "<script" not in md
     assert "&lt;script&gt;" in html and "&lt;script&gt;" in md
+    assert "script-src 'sha256-" in html and "default-src 'none'" in html
     assert "g-old" not in html
 
 
@@ -167,7 +194,9 @@ def test_all_games_newest_last(store: Store, tmp_path: Path) -> None:
     _, html_path = write_report(store, tmp_path)
     html = html_path.read_text(encoding="utf-8")
     assert html.index("<h2>Game g-old</h2>") < html.index("<h2>Game g-new</h2>")
-    assert html.count("<svg") == 2
+    assert html.count('<svg class="roc"') == 2 * 4
+    # Each game has its own anchors, so links from one game never land in another.
+    assert 'id="g0-o0"' in html and 'id="g1-o0"' in html
 
 
 def test_empty_store_raises(tmp_path: Path) -> None:
@@ -276,3 +305,109 @@ def test_line_plot_draws_one_polyline_per_series_and_escapes_labels() -> None:
         y_label="AUROC",
     )
     assert svg.count('class="series"') == 2 and "a &lt;b&gt;" in svg and "<b>" not in svg
+
+
+def _one(store: Store, org: str, trigger: dict | None, found: dict | None, **extra: object) -> None:
+    """Store one backdoored organism audited by auditor "a" (``extra`` overrides the finding)."""
+    secret = Secret(backdoored=True, attack="warp", trigger=trigger, target=1,
+                    clean_accuracy=1.0, salt="00")  # fmt: skip
+    finding = Finding(
+        auditor="a",
+        p_violation=0.9,
+        target=1,
+        trigger=found,
+        cost=Cost(seconds=1, forward=0, backward=0),
+        **extra,
+    )
+    score = Score(organism_id=org, auditor="a", family="digits", attack="warp",
+                  backdoored=True, dynamic=False, p_violation=0.9, flagged=True,
+                  predicted_target=1, true_target=1, target_correct=True, witness_asr=None,
+                  witness_in_threat_model=None, mask_iou=None, seconds=1, forward=0,
+                  backward=0, error=finding.error)  # fmt: skip
+    store.add("g", score, finding, secret, seed=0)
+
+
+def test_triggers_of_other_kinds_are_named_not_drawn(tmp_path: Path) -> None:
+    """A warping field (or any kind the report cannot draw) gets a note, not a crash."""
+    warp = {"kind": "warp", "flow": np.zeros((2, 4, 4)).tolist(), "strength": 0.5}
+    with Store(tmp_path / "r.sqlite") as store:
+        _one(store, "w", warp, _patch().to_dict())
+        _, html_path = write_report(store, tmp_path / "out")
+    gallery = _section(html_path.read_text(), "Trigger gallery")
+    assert "warp trigger, not drawable" in gallery and "unreadable" not in gallery
+    assert gallery.count('<img src="data:image/png;base64,') == 2  # the reconstruction
+
+
+def test_hostile_evidence_is_summarised_and_escaped(tmp_path: Path) -> None:
+    evidence = {
+        "norms": list(range(100)),
+        "hits": [True, False, True],
+        "note": f"{EVIL}\nsecond line",
+        EVIL: 0.123456,
+        "nested": {"a": 1},
+    }
+    with Store(tmp_path / "r.sqlite") as store:
+        _one(store, f"o{EVIL}", None, None, evidence=evidence, error=f"boom {EVIL}")
+        md, html_path = write_report(store, tmp_path / "out")
+    html = html_path.read_text()
+    assert EVIL not in html and EVIL not in md.read_text() and html.count("<script") == 1
+    summary = re.search(r'<td class="evidence">([^<]*)</td>', html)
+    assert summary is not None
+    assert summary.group(1) == (
+        "norms: 100 values, min 0, max 99; hits: 2 of 3 true; "
+        "note: &lt;script&gt;alert(1)&lt;/script&gt; second line; "
+        "&lt;script&gt;alert(1)&lt;/script&gt;: 0.123; nested: {a}"
+    )
+    assert '<td class="error">boom &lt;script&gt;' in html
+    assert re.search(r'<a href="#g0-o0">o&lt;script&gt;alert\(1\)&lt;/script&gt;</a>', html)
+
+
+def test_gallery_takes_attacks_in_turn_up_to_its_limit(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(content, "GALLERY_LIMIT", 2)
+    _, html_path = write_report(store, tmp_path, "g-new")
+    gallery = _section(html_path.read_text(), "Trigger gallery")
+    assert gallery.count('<figure class="trigger">') == 2
+    assert "digits, badnets, target 3" in gallery and "digits, blend, target 3" in gallery
+    assert "2 of 4 backdoored organisms, taking attacks in turn" in gallery
+
+
+def test_report_server_serves_the_folder_on_loopback(store: Store, tmp_path: Path) -> None:
+    _, html_path = write_report(store, tmp_path, "g-new")
+    server = report_server(tmp_path, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = report_url(server)
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/report.html")
+        assert server.server_address[1] != 0
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            assert response.read() == html_path.read_bytes()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url.replace("report.html", "nope.html"), timeout=10)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        report_server(tmp_path / "missing")
+
+
+def test_cli_report_serve_prints_the_url_and_stops_on_ctrl_c(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    served: list[str] = []
+
+    def interrupted(self: ThreadingHTTPServer, poll_interval: float = 0.5) -> None:
+        served.append(report_url(self))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ThreadingHTTPServer, "serve_forever", interrupted)
+    args = ["report", "--store", str(store.path), "--out", str(tmp_path / "rep"), "--serve"]
+    result = CliRunner().invoke(app, [*args, "--port", "0"])
+    assert result.exit_code == 0, result.output
+    assert len(served) == 1 and served[0] in result.stdout
+    assert (tmp_path / "rep" / "report.html").is_file()

@@ -7,6 +7,8 @@ command's job is to show them (``audit`` prints the finding, ``play`` the leader
 from __future__ import annotations
 
 import json
+import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -22,6 +24,7 @@ from auditgame.fitting import fit_here
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.organism import Organism
+from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
 from auditgame.run.task import check_witness, make_subject
 from auditgame.store import Store
@@ -105,31 +108,119 @@ def zoo_build(
 
 @app.command()
 def audit(
-    path: Annotated[Path, typer.Argument(help="an organism folder (in a zoo)")],
-    auditor: Annotated[str, typer.Option(help="registered auditor name")] = "neural_cleanse",
+    path: Annotated[
+        Path, typer.Argument(help="an organism folder (in a zoo), or your own model with --spec")
+    ],
+    spec: Annotated[
+        Path | None, typer.Option(help="spec file of a model outside a zoo (YAML)")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="MODULE:CLASS, the nn.Module of PATH's safetensors")
+    ] = None,
+    hf: Annotated[bool, typer.Option("--hf", help="PATH is a Hugging Face model folder")] = False,
+    auditor: Annotated[
+        str | None,
+        typer.Option(help="registered auditor name (default: neural_cleanse, or the spec's)"),
+    ] = None,
     param: Annotated[list[str] | None, typer.Option(help="auditor parameter NAME=VALUE")] = None,
     seed: Annotated[int, typer.Option()] = 0,
     seconds: Annotated[float, typer.Option(help="the auditor's time budget")] = 120.0,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="also write the JSON to this file")
+    ] = None,
 ) -> None:
-    """Audit one organism blind and print the finding as JSON."""
+    """Audit one organism blind, or your own model against your spec; print JSON."""
     try:
-        organism = Organism.open(path)
-        cls = registry.get("auditor", auditor)
-        if cls.is_dynamic():
-            raise AuditgameError(
-                f"{auditor} is a dynamic baseline: it needs run-time traffic, which only "
-                "`auditgame play` prepares"
-            )
+        if out_file is not None and not out_file.parent.is_dir():
+            raise AuditgameError(f"--out {out_file}: folder {out_file.parent} does not exist")
+        params = _parse_params(param or [])
         budget = Budget(seconds=seconds)
-        instance = cls(**_parse_params(param or []))
-        fit_here(instance, organism.card.family, DATA_DIR / "fits")
-        finding = instance.audit(make_subject(organism, cls.access, budget), budget, seed=seed)
+        if spec is not None:
+            result = _audit_own(path, spec, arch, hf, auditor, params, budget, seed)
+        elif arch is not None or hf or path.is_file():
+            raise AuditgameError(
+                f"{path}: to audit a model outside a zoo, add --spec SPEC.yaml and "
+                "--arch MODULE:CLASS (or --hf); see docs/audit-your-model.md"
+            )
+        else:
+            result = _audit_organism(path, auditor or "neural_cleanse", params, budget, seed)
     except (AuditgameError, TypeError, ValueError) as exc:
         _fail(exc)
+    text = json.dumps(result)
+    if out_file is not None:
+        _write_atomic(out_file, text + "\n")
+    out.print_json(text)
+
+
+def _audit_organism(
+    path: Path, auditor: str, params: dict[str, Any], budget: Budget, seed: int
+) -> dict[str, Any]:
+    organism = Organism.open(path)
+    cls = registry.get("auditor", auditor)
+    if cls.is_dynamic():
+        raise AuditgameError(
+            f"{auditor} is a dynamic baseline: it needs run-time traffic, which only "
+            "`auditgame play` prepares"
+        )
+    instance = cls(**params)
+    fit_here(instance, organism.card.family, DATA_DIR / "fits")
+    finding = instance.audit(make_subject(organism, cls.access, budget), budget, seed=seed)
     asr, inside = check_witness(organism, finding)
     result = finding.model_dump(mode="json")
     result["witness"] = {"asr": asr, "in_threat_model": inside}
-    out.print_json(json.dumps(result))
+    return result
+
+
+def _audit_own(
+    path: Path,
+    spec: Path,
+    arch: str | None,
+    hf: bool,
+    auditor: str | None,
+    params: dict[str, Any],
+    budget: Budget,
+    seed: int,
+) -> dict[str, Any]:
+    from auditgame.useraudit import audit_own_model
+
+    audited = audit_own_model(
+        path,
+        spec,
+        arch=arch,
+        hf=hf,
+        auditor=auditor,
+        params=params,
+        budget=budget,
+        seed=seed,
+        fit_root=DATA_DIR / "fits",
+        on_start=lambda name: err.print(f"auditing {path} with {name}"),
+    )
+    for line in audited.summary():
+        err.print(line, markup=False, highlight=False, soft_wrap=True)
+    return audited.to_json()
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write whole or not at all: a temporary file beside ``path``, then a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class ExecutorName(StrEnum):
+    local = "local"
+    ray = "ray"
+
+
+def _executor(name: ExecutorName, workers: int, address: str | None, ship: bool) -> Executor:
+    """The executor ``play`` hands its tasks to; Ray is imported only when asked for."""
+    if name is ExecutorName.local:
+        if address is not None or ship:
+            raise AuditgameError("--address and --ship-files apply to --executor ray only")
+        return LocalExecutor(workers)
+    from auditgame.run.ray import RayExecutor
+
+    return RayExecutor(address=address, num_cpus=workers, ship_files=ship)
 
 
 @app.command("play")
@@ -138,18 +229,30 @@ def play_cmd(
     n: Annotated[int, typer.Option("--n", help="organisms in the zoo")] = 24,
     seed: Annotated[int, typer.Option(help="zoo and game seed")] = 0,
     auditor: Annotated[list[str] | None, typer.Option(help="auditors (repeat)")] = None,
-    workers: Annotated[int, typer.Option(help="parallel processes (0: all cores)")] = 0,
+    workers: Annotated[
+        int, typer.Option(help="parallel processes, or a local Ray cluster's CPUs (0: all cores)")
+    ] = 0,
     store: Annotated[Path, typer.Option(help="SQLite results")] = DATA_DIR / "results.sqlite",
     zoo: Annotated[Path | None, typer.Option(help="zoo folder (default: built here)")] = None,
     key: Annotated[Path | None, typer.Option(help="the zoo's key (default: ZOO.key)")] = None,
     seconds: Annotated[float, typer.Option(help="each auditor's time budget")] = 120.0,
     as_json: Annotated[bool, typer.Option("--json", help="print rows as JSON")] = False,
+    executor: Annotated[
+        ExecutorName, typer.Option(help="where tasks run: local processes or Ray")
+    ] = ExecutorName.local,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster to join (default: start a local one)")
+    ] = None,
+    ship_files: Annotated[
+        bool, typer.Option(help="Ray: send organisms via the object store (no shared filesystem)")
+    ] = False,
 ) -> None:
     """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
     workers = workers or _cores()
     zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}"
     names = auditor or DEFAULT_AUDITORS
     try:
+        runner = _executor(executor, workers, address, ship_files)
         opened = Zoo(zoo_dir) if zoo is not None else _build(family, n, seed, zoo_dir, key, workers)
         secret_key = open_key(opened, key)
         game = Game(
@@ -168,7 +271,7 @@ def play_cmd(
                 game,
                 secret_key,
                 results,
-                LocalExecutor(workers),
+                runner,
                 on_score=lambda _: progress.advance(bar),
             )
             rows = leaderboard(results.scores(game_id))
@@ -189,9 +292,11 @@ def report(
     ),
     game: Annotated[str | None, typer.Option(help="one game id (default: the latest)")] = None,
     all_games: Annotated[bool, typer.Option("--all", help="every game in the store")] = False,
+    serve: Annotated[bool, typer.Option("--serve", help="then serve it on 127.0.0.1")] = False,
+    port: Annotated[int, typer.Option(help="port for --serve (0: a free one)")] = 0,
 ) -> None:
-    """Write the markdown and self-contained HTML report from the store."""
-    from auditgame.report import write_report
+    """Write the markdown and self-contained HTML report from the store (and serve it)."""
+    from auditgame.report import report_server, report_url, write_report
 
     if not store.is_file():
         _fail(AuditgameError(f"{store}: no results store here; run `auditgame play` first"))
@@ -204,6 +309,19 @@ def report(
         except ValueError as exc:
             _fail(exc)
     err.print(f"wrote {md} and {html}")
+    if serve:
+        try:
+            server = report_server(out_dir, port)
+        except OSError as exc:
+            _fail(AuditgameError(f"cannot serve on port {port}: {exc}"))
+        out.print(report_url(server), highlight=False, soft_wrap=True)
+        err.print("serving; Ctrl-C stops")
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.server_close()
 
 
 @app.command("list")

@@ -15,15 +15,22 @@ class ZooError(AuditgameError):
     Attributes:
         path: the file at fault.
         problem: what is wrong with it.
+        hint: how to fix it, if known.
     """
 
     def __init__(self, path: Path | str, problem: str, hint: str = "") -> None:
         self.path = Path(path)
         self.problem = problem
+        self.hint = hint
         message = f"{self.path}: {problem}"
         if hint:
             message += f" ({hint})"
         super().__init__(message)
+
+    def __reduce__(self) -> tuple[type[ZooError], tuple[Path, str, str]]:
+        # Rebuilt from its parts, so it crosses process boundaries (worker pools, Ray); the
+        # default pickling replays only the message, which does not fit ``__init__``.
+        return type(self), (self.path, self.problem, self.hint)
 
 
 class RegistryError(AuditgameError):

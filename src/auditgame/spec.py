@@ -47,7 +47,7 @@ class MaskPatternThreat(BaseModel):
     witness and a blend witness alike.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["mask_pattern"] = "mask_pattern"
     max_mask_l1: float = Field(gt=0)
@@ -87,7 +87,7 @@ class AdditiveThreat(BaseModel):
     input's norm and say so on the card.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["additive_l2"] = "additive_l2"
     max_norm: float = Field(gt=0)
@@ -128,7 +128,7 @@ class TokenPatternThreat(BaseModel):
     has no witness short of the inputs themselves; the proving auditors check it directly.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["token_pattern"] = "token_pattern"
     vocab: int = Field(gt=1)
@@ -196,7 +196,7 @@ class Spec(BaseModel):
             inputs (of other labels) to one label violates the spec.
     """
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, extra="forbid")
 
     behaviour: str
     threat_model: ThreatModel
