@@ -20,7 +20,7 @@ from rich.table import Table
 from auditgame import registry
 from auditgame.access import Budget
 from auditgame.errors import AuditgameError
-from auditgame.fitting import fit_here
+from auditgame.fitting import FittedAuditor, fit_here, fit_path
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.organism import Organism
@@ -266,6 +266,15 @@ def play_cmd(
             for skipped in sorted(set(names) - set(playing)):
                 err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
             todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
+            fits = store.parent / "fits"
+            for name in playing:
+                instance = registry.get("auditor", name)()
+                fitted = isinstance(instance, FittedAuditor)
+                if todo and fitted and not fit_path(instance, opened.family, fits).is_file():
+                    err.print(
+                        f"fitting {name} for {opened.family} before auditing (once; "
+                        f"cached under {fits}): this trains its own shadow zoo"
+                    )
             bar = progress.add_task("auditing", total=todo)
             game_id = play(
                 game,

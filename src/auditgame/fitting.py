@@ -45,6 +45,11 @@ def fit_id(auditor: FittedAuditor, family: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def fit_path(auditor: FittedAuditor, family: str, root: Path) -> Path:
+    """Where ``ensure_fitted`` keeps this auditor's fit for ``family`` under ``root``."""
+    return Path(root) / family / f"{auditor.name}-{fit_id(auditor, family)}.safetensors"
+
+
 def ensure_fitted(auditor: FittedAuditor, family: str, root: Path) -> Path:
     """Fit ``auditor`` for ``family`` unless a cached fit exists; returns the fit's file.
 
@@ -52,7 +57,7 @@ def ensure_fitted(auditor: FittedAuditor, family: str, root: Path) -> Path:
     interrupted fit leaves nothing behind that a later call would mistake for a finished one.
     """
     root = Path(root)
-    path = root / family / f"{auditor.name}-{fit_id(auditor, family)}.safetensors"
+    path = fit_path(auditor, family, root)
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
