@@ -185,6 +185,25 @@ def check_inputs(x: torch.Tensor, labels: np.ndarray, what: str) -> None:
         raise ValueError(f"{what}: no inputs")
 
 
+@dataclass(frozen=True)
+class CleanClasses:
+    """The clean samples' activations by class: the reference both spectral signatures and
+    activation clustering centre on (a label's own traffic mean is half poison)."""
+
+    members: dict[int, np.ndarray]
+    means: dict[int, np.ndarray]
+    covariance: np.ndarray
+
+    @classmethod
+    def of(cls, clean: np.ndarray, clean_labels: np.ndarray) -> CleanClasses:
+        """Per-class member indices and means, and the covariance of the residuals about
+        them, pooled over every clean sample (a sample's own share of it is 1 in ~100)."""
+        members = {int(c): np.flatnonzero(clean_labels == c) for c in np.unique(clean_labels)}
+        means = {c: clean[idx].mean(0) for c, idx in members.items()}
+        residuals = clean - np.stack([means[int(c)] for c in clean_labels])
+        return cls(members, means, residuals.T @ residuals / len(residuals))
+
+
 class SuspicionAuditor(Auditor):
     """A dynamic auditor whose verdict is ``decide`` on its per-input scores.
 

@@ -30,6 +30,7 @@ from torch import nn
 
 from auditgame.auditors.dynamic.mahalanobis import penultimate
 from auditgame.auditors.dynamic.scoring import (
+    CleanClasses,
     Suspicion,
     SuspicionAuditor,
     check_inputs,
@@ -72,11 +73,8 @@ def spectral_suspicion(
     check_inputs(clean_x, clean_labels, "clean samples")
     feats = penultimate(model, x)
     clean = penultimate(model, clean_x)
-    classes = {int(c): np.flatnonzero(clean_labels == c) for c in np.unique(clean_labels)}
-    means = {c: clean[idx].mean(0) for c, idx in classes.items()}
-    residuals = clean - np.stack([means[int(c)] for c in clean_labels])
-    # Pooled over all clean samples; a reference sample's own share of it is 1 in ~100.
-    covariance = residuals.T @ residuals / len(residuals)
+    stats = CleanClasses.of(clean, clean_labels)
+    classes, means, covariance = stats.members, stats.means, stats.covariance
 
     scores = np.full(len(labels), np.nan)
     reference = np.full(len(clean), np.nan)
