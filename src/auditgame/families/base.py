@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -39,6 +40,15 @@ class Splits:
     train: Dataset
     val: Dataset
     test: Dataset
+
+    @classmethod
+    def shuffled(cls, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator) -> Splits:
+        """60/20/20 train/validation/test in the order of ``rng.permutation``; every family
+        draws its fixed split this way, from a seed of its own."""
+        order = torch.as_tensor(rng.permutation(len(y)))
+        n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
+        parts = torch.split(order, [n_train, n_val, len(y) - n_train - n_val])
+        return cls(*(Dataset(x[idx], y[idx]) for idx in parts))
 
 
 class Family(ABC):

@@ -14,7 +14,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch import nn
 
-from auditgame.families.base import Dataset, Family, Splits
+from auditgame.families.base import Family, Splits
 from auditgame.registry import family
 from auditgame.spec import MaskPatternThreat, Spec
 
@@ -82,10 +82,7 @@ def _splits() -> Splits:
     bunch = load_digits()
     x = torch.tensor(bunch.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(bunch.target, dtype=torch.long)
-    order = torch.tensor(np.random.default_rng(SPLIT_SEED).permutation(len(y)))
-    n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
-    parts = torch.split(order, [n_train, n_val, len(y) - n_train - n_val])
-    return Splits(*(Dataset(x[idx], y[idx]) for idx in parts))
+    return Splits.shuffled(x, y, np.random.default_rng(SPLIT_SEED))
 
 
 @family("digits")

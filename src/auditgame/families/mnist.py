@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditgame.families.base import Dataset, Family, Splits
+from auditgame.families.base import Family, Splits
 from auditgame.families.digits import train_classifier
 from auditgame.registry import family
 from auditgame.spec import MaskPatternThreat, Spec
@@ -80,10 +80,7 @@ def _splits() -> Splits:
         )
     x = torch.tensor(table[:, :-1] / 255.0, dtype=torch.float32).reshape(-1, 1, SIDE, SIDE)
     y = torch.tensor(table[:, -1], dtype=torch.long)
-    order = torch.tensor(np.random.default_rng(SPLIT_SEED).permutation(len(y)))
-    n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
-    parts = torch.split(order, [n_train, n_val, len(y) - n_train - n_val])
-    return Splits(*(Dataset(x[idx], y[idx]) for idx in parts))
+    return Splits.shuffled(x, y, np.random.default_rng(SPLIT_SEED))
 
 
 @family("mnist")

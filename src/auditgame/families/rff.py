@@ -38,7 +38,7 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from auditgame.families.base import Dataset, Family, Splits
+from auditgame.families.base import Family, Splits
 from auditgame.registry import family
 from auditgame.spec import AdditiveThreat, Spec
 
@@ -79,12 +79,8 @@ def _standardise(x: np.ndarray) -> np.ndarray:
 
 
 def _split(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Splits:
-    order = rng.permutation(len(y))
-    n_train, n_val = int(0.6 * len(y)), int(0.2 * len(y))
-    parts = np.split(order, [n_train, n_train + n_val])
     xt = torch.tensor(x, dtype=torch.float32)
-    yt = torch.tensor(y, dtype=torch.long)
-    return Splits(*(Dataset(xt[idx], yt[idx]) for idx in parts))
+    return Splits.shuffled(xt, torch.tensor(y, dtype=torch.long), rng)
 
 
 @cache
