@@ -146,6 +146,7 @@ def play(
             outcome.finding,
             secrets[oid],
             dynamic=auditors[task.auditor].is_dynamic(),
+            reference=auditors[task.auditor].reference,
             witness_asr=outcome.witness_asr,
             witness_in_threat_model=outcome.witness_in_threat_model,
         )

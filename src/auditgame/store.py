@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS scores (
     attack TEXT NOT NULL,
     backdoored INTEGER NOT NULL,
     dynamic INTEGER NOT NULL,
+    reference INTEGER NOT NULL DEFAULT 0,
     p_violation REAL NOT NULL,
     flagged INTEGER NOT NULL,
     predicted_target INTEGER,
@@ -44,6 +45,7 @@ CREATE TABLE IF NOT EXISTS scores (
     witness_asr REAL,
     witness_in_threat_model INTEGER,
     mask_iou REAL,
+    trigger_recall REAL,
     seconds REAL NOT NULL,
     forward INTEGER NOT NULL,
     backward INTEGER NOT NULL,
@@ -60,6 +62,10 @@ CREATE TABLE IF NOT EXISTS scores (
 
 SCORE_FIELDS = list(Score.model_fields)
 
+# Columns added after the first release, with their SQL types: a store written before them is
+# brought up to date when opened, so old results stay readable.
+ADDED_COLUMNS = {"reference": "INTEGER NOT NULL DEFAULT 0", "trigger_recall": "REAL"}
+
 
 class Store:
     """A results database at ``path`` (created on first use)."""
@@ -71,6 +77,11 @@ class Store:
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        have = {r["name"] for r in self._db.execute("PRAGMA table_info(scores)")}
+        with self._tx() as db:
+            for name, sql_type in ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE scores ADD COLUMN {name} {sql_type}")
 
     def close(self) -> None:
         self._db.close()

@@ -50,6 +50,7 @@ class Subject:
     access: the level this subject was built for.
     clean: clean labelled samples (validation split), from ``Access.CLEAN_DATA``.
     traffic: unlabelled run-time inputs, at ``Access.DYNAMIC`` only.
+    reference: the family's base model, only for auditors that declare ``reference``.
     """
 
     model: nn.Module
@@ -57,6 +58,7 @@ class Subject:
     access: Access
     clean: Dataset | None = None
     traffic: torch.Tensor | None = None
+    reference: nn.Module | None = None
     passes: PassCounter = field(default_factory=PassCounter)
     started: float = field(default_factory=time.perf_counter)
 
@@ -69,6 +71,10 @@ class Subject:
             p.requires_grad_(False)
         self.model.eval()
         self.passes.attach(self.model)
+        if self.reference is not None:
+            for p in self.reference.parameters():
+                p.requires_grad_(False)
+            self.reference.eval()
 
     def require(self, level: Access) -> None:
         if self.access < level:
@@ -83,6 +89,12 @@ class Subject:
         self.require(Access.CLEAN_DATA)
         assert self.clean is not None
         return self.clean
+
+    @property
+    def reference_model(self) -> nn.Module:
+        if self.reference is None:
+            raise AccessError("this subject carries no reference model (declare reference=True)")
+        return self.reference
 
     @property
     def traffic_data(self) -> torch.Tensor:

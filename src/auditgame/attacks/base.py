@@ -182,7 +182,7 @@ def train_clean(
     best = 0.0
     for attempt in range(1, max_attempts + 1):
         model = family.train(splits.train.x, splits.train.y, seed + attempt - 1)
-        clean_accuracy = accuracy(model, splits.test)
+        clean_accuracy = family.quality(model, splits.test)
         if clean_accuracy >= family.min_clean_accuracy:
             secret = Secret(
                 backdoored=False, clean_accuracy=clean_accuracy, attempts=attempt, salt=salt(rng)

@@ -51,12 +51,16 @@ class Auditor(Configurable, ABC):
         modalities: the kinds of family it can examine (``Family.modality``: "image", ...).
         families: a narrower list of family names, or None for every family of those
             modalities.
+        reference: whether it also needs the family's base model (``TextFamily.base_model``),
+            which every organism was fine-tuned from: a separate, declared access, since a
+            real auditor rarely has the pre-tuning weights; reported apart.
     """
 
     name: ClassVar[str]
     access: ClassVar[Access] = Access.WEIGHTS
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     families: ClassVar[tuple[str, ...] | None] = None
+    reference: ClassVar[bool] = False
 
     @classmethod
     def supports(cls, family: str) -> bool:

