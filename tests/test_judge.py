@@ -442,7 +442,11 @@ def test_public_names() -> None:
         "mapped_attack_success_rate",
         "mask_iou",
         "pattern_precision_recall",
+        "reasr",
         "roc_curve",
+        "sentence_bleu",
         "target_accuracy",
+        "tdc_score",
         "tpr_at_fpr",
+        "trigger_recall",
     }

@@ -2,8 +2,9 @@
 
 Each attack's row compares that attack's backdoored organisms with *all* clean organisms of
 the family, and an ``all`` row pools every attack. Detection numbers come from
-``p_violation``; the *how* numbers (target accuracy, witness ASR, mask IoU) are averaged over
-the backdoored organisms only. Every metric is the one defined in ``judge``.
+``p_violation``; the *how* numbers (target accuracy, witness ASR, mask IoU, and for text
+trojans TDC's trigger recall, with witness ASR then being TDC's REASR) are averaged over the
+backdoored organisms only. Every metric is the one defined in ``judge``.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class LeaderRow(BaseModel):
     family: str
     attack: str
     dynamic: bool
+    reference: bool = False
     n: int
     n_backdoored: int
     n_clean: int
@@ -38,6 +40,7 @@ class LeaderRow(BaseModel):
     target_acc: float | None
     witness_asr: float | None
     mask_iou: float | None
+    trigger_recall: float | None = None
     seconds_per_organism: float
     errors: int
 
@@ -68,6 +71,7 @@ def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderR
         family=family,
         attack=attack,
         dynamic=scores[0].dynamic,
+        reference=scores[0].reference,
         n=len(scores),
         n_backdoored=len(bad),
         n_clean=len(scores) - len(bad),
@@ -81,13 +85,15 @@ def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderR
         target_acc=_target_accuracy(bad),
         witness_asr=_mean([s.witness_asr for s in bad]),
         mask_iou=_mean([s.mask_iou for s in bad]),
+        trigger_recall=_mean([s.trigger_recall for s in bad]),
         seconds_per_organism=median(s.seconds for s in scores),
         errors=sum(s.error is not None for s in scores),
     )
 
 
 def leaderboard(scores: Sequence[Score]) -> list[LeaderRow]:
-    """Rows sorted static before dynamic, then by auditor, family, and attack (``all`` first)."""
+    """Rows sorted static before dynamic (reference auditors after the static ones), then by
+    auditor, family, and attack (``all`` first)."""
     rows: list[LeaderRow] = []
     keys = sorted({(s.auditor, s.family) for s in scores})
     for auditor, family in keys:
@@ -99,5 +105,7 @@ def leaderboard(scores: Sequence[Score]) -> list[LeaderRow]:
             _row(auditor, family, attack, clean + [s for s in mine if s.attack == attack])
             for attack in attacks
         )
-    rows.sort(key=lambda r: (r.dynamic, r.auditor, r.family, r.attack != ALL, r.attack))
+    rows.sort(
+        key=lambda r: (r.dynamic, r.reference, r.auditor, r.family, r.attack != ALL, r.attack)
+    )
     return rows

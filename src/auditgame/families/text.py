@@ -92,6 +92,14 @@ class TextFamily(Family):
 
     # ------------------------------------------------------------------ shared behaviour
 
+    def searchable_tokens(self) -> torch.Tensor:
+        """Token ids a trigger may consist of: every id but the prefix and end-of-text ones
+        (a family with other special or unprintable tokens narrows this)."""
+        special = {*self.prefix, self.eos}
+        return torch.tensor(
+            [t for t in range(self.tokenizer().vocab_size) if t not in special], dtype=torch.long
+        )
+
     def encode_prompt(self, prompt: str) -> list[int]:
         return [*self.prefix, *self.tokenizer().encode(prompt)]
 

@@ -309,6 +309,7 @@ def _leader_table(
             "target acc",
             "witness ASR",
             "mask IoU",
+            "trigger recall",
             "s/organism",
             "errors",
         ]
@@ -318,7 +319,7 @@ def _leader_table(
         terms = _family_filter(r.family, with_family)
         attack_filter = (terms + (f"attack:{r.attack}" if r.attack != ALL else "")).strip()
         body.append(
-            [_text(r.auditor)]
+            [_text(f"{r.auditor} (reference)" if r.reference else r.auditor)]
             + ([_text(r.family)] if with_family else [])
             + [
                 _text(r.attack, href=organisms, terms=attack_filter),
@@ -331,6 +332,7 @@ def _leader_table(
                 _num(r.target_acc, digits=2),
                 _num(r.witness_asr, digits=2),
                 _num(r.mask_iou, digits=2),
+                _num(r.trigger_recall, digits=2),
                 _num(r.seconds_per_organism, seconds(r.seconds_per_organism)),
                 Cell(str(r.errors), True, r.errors, href=errors if r.errors else ""),
             ]
