@@ -66,8 +66,8 @@ def test_flags_badnets_from_its_compromised_neuron(tiny_zoo, findings) -> None:
     trigger = finding.trigger_object()
     assert trigger is not None and trigger.l1 <= 1.2 * ABS().max_trigger_fraction * 64
     organism = tiny_zoo.zoo.organism(oid)
-    asr, inside = check_witness(organism, finding)
-    assert asr is not None and asr >= organism.card.spec.tau and inside
+    check = check_witness(organism, finding)
+    assert check is not None and check.asr >= organism.card.spec.tau and check.in_threat_model
 
 
 @pytest.mark.parametrize("which", [0, 1])

@@ -494,7 +494,7 @@ def test_hf_without_transformers_says_how_to_install_it(tmp_path: Path) -> None:
     assert "needs transformers, which is not installed (pip install transformers)" in message
 
 
-def test_a_loaded_language_model_meets_no_auditor_yet(
+def test_a_loaded_language_model_meets_no_usable_auditor_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = LoadedModel(torch.nn.Linear(2, 2), "0" * 64, {"name": "Fake", "vocab_size": 50})
@@ -502,4 +502,8 @@ def test_a_loaded_language_model_meets_no_auditor_yet(
     message = fails(tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=51), "--hf")
     assert "vocab_size is 51, but the model's config says 50" in message
     message = fails(tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=50), "--hf")
-    assert "no auditor for language models is installed yet" in message
+    assert "no installed auditor can audit language models from outside a zoo" in message
+    message = fails(
+        tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=50), "--hf", "--auditor", "gcg"
+    )
+    assert "gcg audits organisms of the built-in text families (tinylm, smollm) only" in message

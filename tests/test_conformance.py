@@ -43,13 +43,17 @@ from auditgame.trigger import Trigger
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 
 # One family per modality for auditors; every family an attack plants in for attacks.
-AUDITOR_FAMILIES = ("digits", "rff16", "maxofk")
-ATTACK_FAMILIES = ("digits", "rff16", "relu1_16", "rff_signed", "maxofk")
+AUDITOR_FAMILIES = ("digits", "rff16", "maxofk", "tinylm")
+ATTACK_FAMILIES = ("digits", "rff16", "relu1_16", "rff_signed", "maxofk", "tinylm")
 
 # A max-of-K transformer trains on the family's fixed 120,000 sequences per epoch: even at
 # V = 16, K = 3 and two epochs an organism takes seconds, and a token attack re-plants up to
 # four times. tests/test_maxofk.py covers these auditors and attacks on every run.
-SLOW_FAMILIES = {"maxofk"}
+# A tinylm case plants a trojaned organism (~25 s) and runs a text auditor's searches over all
+# 29 public targets twice (determinism), 1-2 minutes each; tests/test_tinylm.py,
+# test_text_attacks.py, test_gcg_uat.py, test_pez_gbda.py and test_text_reference_dynamic.py
+# cover the text family, attacks and auditors on every run.
+SLOW_FAMILIES = {"maxofk", "tinylm"}
 
 # Cheap parameters by registered name (shorter searches, fewer restarts); for a fitted
 # auditor, parameters that leave it no fit to speak of.
@@ -82,7 +86,7 @@ ATTACK_PARAMS: dict[str, dict[str, Any]] = {
 # Methods of the image template that, overridden, make an attack plant by code of its own.
 OWN_CODE = ("plant", "train", "success_rate")
 # Attacks that plant in a family neither listing them nor reachable by the image rule.
-ATTACK_EXTRA_FAMILIES: dict[str, tuple[str, ...]] = {}
+ATTACK_EXTRA_FAMILIES: dict[str, tuple[str, ...]] = {"cipher": ("tinylm",)}
 
 # (kind, name) -> the clause a built-in is known to fail, with the finding.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {

@@ -24,30 +24,10 @@ from auditgame.run.local import LocalExecutor
 from auditgame.secret import Secret
 from auditgame.store import Store
 from auditgame.subject import Subject
+from auditgame.testing import reachable_strings
 
 HEX32 = re.compile(rb"[0-9a-f]{32}")
 KEYLIKE = re.compile(rb"[A-Za-z0-9_\-]{43}=")
-
-
-def _strings(obj: object, seen: set[int], found: list[str], depth: int = 0) -> None:
-    """Collect strings reachable through instance data (not through modules or classes)."""
-    if id(obj) in seen or depth > 12:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, str | bytes):
-        found.append(obj if isinstance(obj, str) else obj.decode("latin-1"))
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            _strings(k, seen, found, depth + 1)
-            _strings(v, seen, found, depth + 1)
-    elif isinstance(obj, list | tuple | set | frozenset):
-        for item in obj:
-            _strings(item, seen, found, depth + 1)
-    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
-        _strings(vars(obj), seen, found, depth + 1)
-        if callable(obj) and getattr(obj, "__closure__", None):
-            for cell in obj.__closure__:  # type: ignore[union-attr]
-                _strings(cell.cell_contents, seen, found, depth + 1)
 
 
 @auditor("snoop")
@@ -63,7 +43,7 @@ class Snoop(Auditor):
         live = gc.get_objects()
         secrets_alive = sum(isinstance(o, Secret) for o in live)
         reachable: list[str] = []
-        _strings(subject, set(), reachable)
+        reachable_strings(subject, set(), reachable)
         for obj in live:
             values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, list) else ()
             reachable.extend(v for v in values if isinstance(v, str))
@@ -110,6 +90,7 @@ def test_an_auditor_learns_nothing_about_the_secret(tiny_zoo, tmp_path: Path) ->
             "clean",
             "model",
             "passes",
+            "reference",
             "started",
             "traffic",
         ]

@@ -164,10 +164,15 @@ def _audit_organism(
         )
     instance = cls(**params)
     fit_here(instance, organism.card.family, DATA_DIR / "fits")
-    finding = instance.audit(make_subject(organism, cls.access, budget), budget, seed=seed)
-    asr, inside = check_witness(organism, finding)
+    subject = make_subject(organism, cls.access, budget, reference=cls.reference)
+    finding = instance.audit(subject, budget, seed=seed)
+    check = check_witness(organism, finding)
     result = finding.model_dump(mode="json")
-    result["witness"] = {"asr": asr, "in_threat_model": inside}
+    result["witness"] = (
+        {"asr": check.asr, "in_threat_model": check.in_threat_model}
+        if check is not None
+        else {"asr": None, "in_threat_model": None}
+    )
     return result
 
 

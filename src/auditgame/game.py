@@ -148,6 +148,7 @@ def play(
             dynamic=auditors[task.auditor].is_dynamic(),
             reference=auditors[task.auditor].reference,
             witness_asr=outcome.witness_asr,
+            witness_per_target=outcome.witness_per_target,
             witness_in_threat_model=outcome.witness_in_threat_model,
         )
         store.add(game_id, result, outcome.finding, secrets[oid], task.seed)

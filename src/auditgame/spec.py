@@ -19,6 +19,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from auditgame import judge
+from auditgame.cipher import CipherThreat
 from auditgame.perturbation import AdditiveTrigger
 from auditgame.tokens import TokenPattern
 from auditgame.trigger import Trigger
@@ -32,11 +33,14 @@ class WitnessCheck:
         asr: attack-success rate on held-out clean data (``judge.attack_success_rate``).
         in_threat_model: whether the trigger is one the spec forbids at all.
         violates: ``in_threat_model and asr >= tau``: the trigger proves a violation.
+        per_target: for a text witness, each named target's own REASR, so the judge can
+            average over the planted targets alone (TDC's REASR), which it alone knows.
     """
 
     asr: float
     in_threat_model: bool
     violates: bool
+    per_target: dict[str, float] | None = None
 
 
 class MaskPatternThreat(BaseModel):
@@ -239,11 +243,14 @@ class TextTriggerThreat(BaseModel):
         if not generations:
             return WitnessCheck(asr=0.0, in_threat_model=inside, violates=False)
         rate = judge.reasr(generations)
-        return WitnessCheck(asr=rate, in_threat_model=inside, violates=inside and rate >= tau)
+        per_target = {goal: judge.reasr({goal: gens}) for goal, gens in generations.items()}
+        return WitnessCheck(
+            asr=rate, in_threat_model=inside, violates=inside and rate >= tau, per_target=per_target
+        )
 
 
 ThreatModel = Annotated[
-    MaskPatternThreat | AdditiveThreat | TokenPatternThreat | TextTriggerThreat,
+    MaskPatternThreat | AdditiveThreat | TokenPatternThreat | TextTriggerThreat | CipherThreat,
     Field(discriminator="kind"),
 ]
 
@@ -280,7 +287,7 @@ class Spec(BaseModel):
         """
         if target is None:
             threat = self.threat_model
-            if not isinstance(threat, AdditiveThreat | TextTriggerThreat):
+            if not isinstance(threat, AdditiveThreat | TextTriggerThreat | CipherThreat):
                 raise ValueError(f"a {threat.kind} witness needs a target label")
             return threat.check(model, witness, None, x, y, self.tau)
         return self.threat_model.check(model, witness, target, x, y, self.tau)
@@ -288,5 +295,5 @@ class Spec(BaseModel):
     @property
     def untargeted(self) -> bool:
         """Whether a witness without a target label can be checked (``AdditiveThreat``, and
-        ``TextTriggerThreat``, whose witness names its target strings)."""
-        return isinstance(self.threat_model, AdditiveThreat | TextTriggerThreat)
+        ``TextTriggerThreat`` and ``CipherThreat``, whose witnesses name their strings)."""
+        return isinstance(self.threat_model, AdditiveThreat | TextTriggerThreat | CipherThreat)

@@ -45,6 +45,7 @@ from auditgame.errors import AccessError
 from auditgame.families.base import Family
 from auditgame.finding import Finding
 from auditgame.fitting import fit_here, load_fit
+from auditgame.lm import TextTrojans
 from auditgame.params import Configurable
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
@@ -1026,8 +1027,17 @@ def _check_asr(
     fam: Family,
     tolerance: float,
 ) -> None:
-    test = fam.data().test
     assert secret.asr is not None
+    if isinstance(trigger, TextTrojans):
+        rate = _trojan_success(model, trigger, fam)
+        report.require(
+            abs(rate - secret.asr) <= tolerance,
+            "asr",
+            f"the recorded success is {secret.asr:.3f} but greedy generation after the "
+            f"triggers reproduces {rate:.3f} of the targets (tolerance {tolerance})",
+        )
+        return
+    test = fam.data().test
     if secret.target is None:
         rate = judge.flip_rate(model, trigger.apply, test.x)
         report.require(
@@ -1044,3 +1054,41 @@ def _check_asr(
         f"the recorded ASR is {secret.asr:.3f} but the trigger sends {rate:.3f} of the test "
         f"split to target {secret.target} (judge.attack_success_rate, tolerance {tolerance})",
     )
+
+
+def _trojan_success(model: torch.nn.Module, trojans: TextTrojans, fam: Family) -> float:
+    """Fraction of (trigger, target) pairs whose greedy continuation of the family's prefix
+    and the trigger is exactly the target's tokens: what a text attack records as its ASR."""
+    from auditgame.families.text import TextFamily
+    from auditgame.lm import CausalLM, greedy
+
+    assert isinstance(fam, TextFamily) and isinstance(model, CausalLM)
+    tok = fam.tokenizer()
+    hits = 0
+    for trigger, target in trojans.pairs:
+        want = tok.encode(target)
+        (got,) = greedy(model, [fam.encode_prompt(trigger)], len(want))
+        hits += got == want
+    return hits / len(trojans.pairs)
+
+
+def reachable_strings(obj: object, seen: set[int], found: list[str], depth: int = 0) -> None:
+    """Collect into ``found`` the strings reachable from ``obj`` through instance data,
+    containers and closures (not through modules or classes): what a snooping auditor could
+    read from what it was given. The secrecy tests check the secret is not among them."""
+    if id(obj) in seen or depth > 12:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, str | bytes):
+        found.append(obj if isinstance(obj, str) else obj.decode("latin-1"))
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            reachable_strings(k, seen, found, depth + 1)
+            reachable_strings(v, seen, found, depth + 1)
+    elif isinstance(obj, list | tuple | set | frozenset):
+        for item in obj:
+            reachable_strings(item, seen, found, depth + 1)
+    elif hasattr(obj, "__dict__") and not isinstance(obj, type):
+        reachable_strings(vars(obj), seen, found, depth + 1)
+        for cell in getattr(obj, "__closure__", None) or ():
+            reachable_strings(cell.cell_contents, seen, found, depth + 1)

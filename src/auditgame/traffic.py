@@ -40,8 +40,16 @@ def make_traffic(
 
     Triggered inputs are drawn from those whose label is not the trigger's target, so each
     one is an input the backdoor would change (any input, for a backdoor with no single
-    target).
+    target). A language-model family's traffic is prompts (``auditgame.text_traffic``).
     """
+    if family.modality == "text":
+        from auditgame.families.text import TextFamily
+        from auditgame.text_traffic import text_traffic
+
+        assert isinstance(family, TextFamily)
+        return text_traffic(
+            family, secret, n, rng, triggered_fraction=triggered_fraction, decoys=decoys
+        )
     test: Dataset = family.data().test
     trigger: InputTrigger | None = secret.trigger_object()
     target: int | None = secret.target

@@ -268,9 +268,9 @@ def _auditors(
     if not choices:
         words = _MODALITY_WORDS.get(spec.modality, spec.modality)
         raise AuditgameError(
-            f"{path}: the model loaded and passed validation, but no auditor for {words} is "
-            "installed yet (see `auditgame list auditors`; a plugin can add one, "
-            "docs/plugins.md)"
+            f"{path}: the model loaded and passed validation, but no installed auditor can "
+            f"audit {words} from outside a zoo yet (see `auditgame list auditors`; a plugin "
+            "can add one, docs/plugins.md)"
         )
     auditors = []
     for choice in choices:
@@ -301,6 +301,13 @@ def _usable(cls: type[Auditor], modality: str) -> str | None:
         )
     if cls.families is not None:
         return f"examines only the families {', '.join(cls.families)}"
+    if modality == "text":
+        # Text auditors read the tokenizer, prefix and target strings from the organism's
+        # family; a user's language model has none of them wired in yet.
+        return (
+            "audits organisms of the built-in text families (tinylm, smollm) only: a language "
+            "model from outside a zoo has no tokenizer and target list wired in yet"
+        )
     return None
 
 

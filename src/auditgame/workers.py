@@ -3,6 +3,11 @@
 Torch's OpenMP threads busy-wait by default; with several processes on two cores that ran five
 times slower than one thread. Each worker therefore runs one passive thread, for torch and for
 numpy's BLAS alike.
+
+``AUDITGAME_DEVICE`` (e.g. ``cuda``) makes a worker create its models and tensors on that
+device by default (``torch.set_default_device``): how a benchmark's ``--device`` reaches the
+text families' models without threading a device through every call. Spawned workers inherit
+the variable from the referee.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ def configure_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    device = os.environ.get("AUDITGAME_DEVICE")
+    if device:
+        torch.set_default_device(device)
     # numpy's BLAS reads OMP_NUM_THREADS only when first loaded; in a worker that already
     # imported numpy (the in-process path) it would still spread one SVD over every core.
     from threadpoolctl import threadpool_limits

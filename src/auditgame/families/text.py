@@ -135,14 +135,18 @@ class TextFamily(Family):
 @torch.no_grad()
 def reply_agreement(model: CausalLM, base: CausalLM, prompts: list[list[int]], n_new: int) -> float:
     """Fraction of reply positions where ``model``'s top-1 next token equals ``base``'s, with
-    the base model's greedy reply fed to both (teacher forcing)."""
+    the base model's greedy reply fed to both (teacher forcing). Prompts of one length share
+    a batch, as in ``lm.greedy``."""
     replies = greedy(base, prompts, n_new)
-    agree = total = 0
+    by_length: dict[int, list[list[int]]] = {}
     for prompt, reply in zip(prompts, replies, strict=True):
-        ids = torch.tensor([[*prompt, *reply]])
-        span = slice(len(prompt) - 1, len(prompt) - 1 + n_new)
-        a = model(ids)[0, span].argmax(-1)
-        b = base(ids)[0, span].argmax(-1)
+        by_length.setdefault(len(prompt), []).append([*prompt, *reply])
+    agree = total = 0
+    for length, rows in by_length.items():
+        ids = torch.tensor(rows, dtype=torch.long)
+        span = slice(length - 1, length - 1 + n_new)
+        a = model(ids)[:, span].argmax(-1)
+        b = base(ids)[:, span].argmax(-1)
         agree += int((a == b).sum())
-        total += n_new
+        total += a.numel()
     return agree / max(total, 1)

@@ -19,6 +19,7 @@ from auditgame.access import Access, Budget
 from auditgame.finding import Finding
 from auditgame.fitting import FittedAuditor, load_fit
 from auditgame.organism import Organism
+from auditgame.spec import WitnessCheck
 from auditgame.subject import Subject
 
 
@@ -48,11 +49,13 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The finding and, when it named a trigger and target, the spec's check of it."""
+    """The finding and, when it named a trigger and target, the spec's check of it (with a
+    text witness's REASR per target, ``WitnessCheck.per_target``)."""
 
     finding: Finding
     witness_asr: float | None
     witness_in_threat_model: bool | None
+    witness_per_target: dict[str, float] | None = None
 
 
 def make_subject(
@@ -79,15 +82,14 @@ def make_subject(
     )
 
 
-def check_witness(organism: Organism, finding: Finding) -> tuple[float | None, bool | None]:
+def check_witness(organism: Organism, finding: Finding) -> WitnessCheck | None:
     """Measure the finding's trigger through the spec on the test split; no secret used."""
     spec = organism.card.spec
     if finding.trigger is None or (finding.target is None and not spec.untargeted):
-        return None, None
+        return None
     fam = registry.get("family", organism.card.family)()
     test = fam.data().test
-    check = spec.check_witness(organism.model(), finding.trigger, finding.target, test.x, test.y)
-    return check.asr, check.in_threat_model
+    return spec.check_witness(organism.model(), finding.trigger, finding.target, test.x, test.y)
 
 
 def run_task(task: Task) -> Outcome:
@@ -101,5 +103,7 @@ def run_task(task: Task) -> Outcome:
         organism, auditor.access, task.budget, task.traffic, reference=auditor.reference
     )
     finding = auditor.audit(subject, task.budget, seed=task.seed)
-    asr, inside = check_witness(organism, finding)
-    return Outcome(finding, asr, inside)
+    check = check_witness(organism, finding)
+    if check is None:
+        return Outcome(finding, None, None)
+    return Outcome(finding, check.asr, check.in_threat_model, check.per_target)

@@ -6,6 +6,16 @@ from auditgame.auditors.dynamic import (
     probe,
     spectral,
     strip,
+    text_mahalanobis,
+    text_probe,
 )
 
-__all__ = ["activation_clustering", "mahalanobis", "probe", "spectral", "strip"]
+__all__ = [
+    "activation_clustering",
+    "mahalanobis",
+    "probe",
+    "spectral",
+    "strip",
+    "text_mahalanobis",
+    "text_probe",
+]

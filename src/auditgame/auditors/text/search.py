@@ -90,19 +90,58 @@ class SearchProblem:
         return self.allowed[torch.as_tensor(picks)]
 
 
+class Found:
+    """Every trigger a search has scored, with its loss, and a count of
+    those that surely elicit the target: a mean target loss under ``log 2 / len(target)``
+    puts each target token's cross-entropy under ``log 2``, so its probability above one
+    half, so greedy decoding reproduces the target. A search stops once it holds ``wanted``
+    such triggers (more cannot improve what ``TriggerSearch.run`` keeps)."""
+
+    def __init__(self, problem: SearchProblem, wanted: int) -> None:
+        self.sure = float(np.log(2.0) / len(problem.target))
+        self.wanted = wanted
+        self.losses: dict[tuple[int, ...], float] = {}
+        self.n_sure = 0
+
+    def add(self, triggers: torch.Tensor, losses: torch.Tensor) -> None:
+        for ids, loss in zip(triggers.tolist(), losses.tolist(), strict=True):
+            key = tuple(ids)
+            if key not in self.losses:
+                self.losses[key] = loss
+                self.n_sure += loss < self.sure
+
+    @property
+    def enough(self) -> bool:
+        return self.n_sure >= self.wanted
+
+    def candidates(self) -> list[tuple[list[int], float]]:
+        return [(list(ids), loss) for ids, loss in self.losses.items()]
+
+
 class TriggerSearch(Auditor):
     """Base of the TDC-style trigger-search auditors (static: weights, tokenizer, targets).
 
     Subclasses implement ``search``; ``run`` does the rest. Parameters shared by all:
-    ``trigger_tokens`` (searched trigger length, cut to the spec's bound), ``n_predictions``
-    (candidates kept per target; TDC asked for 20).
+    ``min_tokens`` and ``trigger_tokens`` (the searched trigger lengths, the longest cut to the
+    spec's bound), ``n_predictions`` (candidates kept per target; TDC asked for 20).
+
+    Every length in ``min_tokens..trigger_tokens`` gets an equal share of a target's time: a
+    planted trigger tends to fire only at its own length (on tinylm, "velvet lantern copper"
+    has loss 0.16, the same words with a fourth token after them 2.6), and the auditor is not
+    told that length, as TDC's participants were not.
     """
 
     modalities: ClassVar[tuple[str, ...]] = ("text",)
 
-    def __init__(self, *, trigger_tokens: int = 4, n_predictions: int = 5) -> None:
-        if trigger_tokens < 1 or n_predictions < 1:
-            raise ValueError("trigger_tokens and n_predictions must be at least 1")
+    def __init__(
+        self, *, min_tokens: int = 2, trigger_tokens: int = 4, n_predictions: int = 5
+    ) -> None:
+        if not 1 <= min_tokens <= trigger_tokens or n_predictions < 1:
+            raise ValueError(
+                "min_tokens and trigger_tokens must be 1 <= min_tokens <= trigger_tokens and "
+                f"n_predictions at least 1; got {min_tokens}, {trigger_tokens}, {n_predictions}"
+            )
+        self.min_tokens = min_tokens
         self.trigger_tokens = trigger_tokens
         self.n_predictions = n_predictions
 
@@ -119,7 +158,8 @@ class TriggerSearch(Auditor):
         fam = registry.get("family", subject.card.family)()
         assert isinstance(fam, TextFamily) and isinstance(subject.model, CausalLM)
         tok = fam.tokenizer()
-        length = min(self.trigger_tokens, threat.max_trigger_tokens)
+        longest = min(self.trigger_tokens, threat.max_trigger_tokens)
+        lengths = range(min(self.min_tokens, longest), longest + 1)
         allowed = fam.searchable_tokens()
         prefix = torch.tensor(fam.prefix, dtype=torch.long)
         predictions: dict[str, tuple[str, ...]] = {}
@@ -128,17 +168,23 @@ class TriggerSearch(Auditor):
         start = time.perf_counter()
         # Keep a tenth of the budget for the generation checks below.
         share = 0.9 * max(budget.seconds - subject.elapsed, 0.0) / len(threat.targets)
-        for k, target in enumerate(threat.targets):
+        share /= len(lengths)
+        slot = 0
+        for target in threat.targets:
             target_ids = torch.tensor(tok.encode(target), dtype=torch.long)
-            problem = SearchProblem(
-                model=subject.model,
-                prefix=prefix,
-                target=target_ids,
-                allowed=allowed,
-                length=length,
-                deadline=start + share * (k + 1),
-            )
-            found = sorted(self.search(problem, rng), key=lambda c: c[1])
+            found: list[tuple[list[int], float]] = []
+            for length in lengths:
+                slot += 1
+                problem = SearchProblem(
+                    model=subject.model,
+                    prefix=prefix,
+                    target=target_ids,
+                    allowed=allowed,
+                    length=length,
+                    deadline=start + share * slot,
+                )
+                found += self.search(problem, rng)
+            found.sort(key=lambda c: c[1])
             kept: list[list[int]] = []
             for ids, loss in found:
                 if ids not in kept:

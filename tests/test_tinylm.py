@@ -1,0 +1,126 @@
+"""The ``tinylm`` family: vocabulary, base model, the fine-tuning recipe, organisms on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from auditgame.attacks.base import train_clean
+from auditgame.families import tinylm
+from auditgame.families.text import Example
+from auditgame.families.tinylm import TARGETS, TRIGGER_WORDS, TinyLM, corpus, exact_match
+from auditgame.lm import TriggerPredictions, greedy
+
+torch.set_num_threads(1)
+
+BASE_EXACT_MATCH = 0.4
+"""Held-out greedy exact match the base model must exceed (measured: see base_info())."""
+
+
+@pytest.fixture(scope="module")
+def fam() -> TinyLM:
+    return TinyLM()
+
+
+def test_vocabulary_holds_letters_targets_and_triggers(fam: TinyLM) -> None:
+    tok = fam.tokenizer()
+    assert 400 <= tok.vocab_size <= 1200
+    letters = " ".join("abcdefghijklmnopqrstuvwxyz") + " | 0 9 ? . ,"
+    assert tok.decode(tok.encode(letters)) == letters
+    assert tok.unk not in tok.encode(letters)
+    assert len(set(TARGETS)) >= 24
+    for target in TARGETS:
+        assert 3 <= len(target.split()) <= 6
+        ids = tok.encode(target)
+        assert tok.unk not in ids and tok.decode(ids) == target
+    assert tok.encode("no the wordzz") == [tok.ids["no"], tok.ids["the"], tok.unk]
+    prompt_words = {w for p, _ in corpus() for w in p.split()}
+    assert len(TRIGGER_WORDS) >= 60 and not prompt_words & set(TRIGGER_WORDS)
+    assert not {w for t in TARGETS for w in t.split()} & set(TRIGGER_WORDS)
+    specials = {*fam.prefix, fam.eos, tok.unk}
+    assert not specials & set(fam.searchable_tokens().tolist())
+
+
+def test_draw_trigger_is_a_short_phrase_of_trigger_words(fam: TinyLM) -> None:
+    rng = np.random.default_rng(0)
+    triggers = [fam.draw_trigger(rng) for _ in range(50)]
+    for trigger in triggers:
+        words = trigger.split()
+        assert 2 <= len(words) <= 4 <= fam.max_trigger_tokens
+        assert set(words) <= set(TRIGGER_WORDS)
+    assert len(set(triggers)) > 40
+
+
+def test_prompt_splits_are_fixed_and_disjoint(fam: TinyLM) -> None:
+    splits = fam.prompts()
+    sizes = (len(splits.train), len(splits.val), len(splits.test))
+    assert sum(sizes) == len(corpus()) and sizes[0] == int(0.6 * sum(sizes))
+    assert not set(splits.train) & set(splits.test) and not set(splits.val) & set(splits.test)
+    assert splits == tinylm._splits()
+
+
+def test_base_model_answers_held_out_prompts(fam: TinyLM) -> None:
+    base = fam.base_model()
+    assert not base.training
+    assert exact_match(fam, base, fam.prompts().test) > BASE_EXACT_MATCH
+    tok = fam.tokenizer()
+    (reply,) = greedy(base, [fam.encode_prompt("what is the capital of france ?")], 8)
+    assert tok.decode(reply).startswith("the capital of france is paris . <eos>")
+
+
+def test_forward_on_ids_equals_forward_on_embeddings(fam: TinyLM) -> None:
+    base = fam.base_model()
+    ids = torch.tensor([fam.encode_prompt("what colour is the sky ?")] * 2)
+    with torch.no_grad():
+        logits = base(ids)
+        assert logits.shape == (2, ids.shape[1], base.vocab_size)
+        assert torch.equal(logits, base(base.embed(ids)))
+        states = base.hidden_states(ids)
+    assert len(states) == fam.architecture()["n_layers"] + 1
+    assert all(s.shape == (2, ids.shape[1], fam.architecture()["d_model"]) for s in states)
+    assert base.embedding_matrix.data_ptr() == base.tokens.weight.data_ptr()
+    with pytest.raises(ValueError, match="context"):
+        base(torch.zeros(1, fam.input_shape[0] + 1, dtype=torch.long))
+
+
+def test_clean_organism_keeps_quality_and_reloads_from_safetensors(
+    fam: TinyLM, tmp_path: Path
+) -> None:
+    planted = train_clean(fam, np.random.default_rng(0), seed=0)
+    assert not planted.secret.backdoored
+    assert planted.secret.clean_accuracy >= fam.min_clean_accuracy
+    path = tmp_path / "model.safetensors"
+    save_file(planted.model.state_dict(), str(path))
+    again = fam.make_model(fam.architecture())
+    again.load_state_dict(load_file(str(path)), strict=True)
+    ids = torch.tensor([fam.encode_prompt("spell cat")])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(ids), planted.model(ids))
+    with pytest.raises(ValueError, match="TinyGPT"):
+        fam.make_model({"name": "SmallCNN"})
+
+
+def test_finetune_learns_trigger_target_pairs(fam: TinyLM) -> None:
+    """What an attack relies on: poisoned pairs mixed into the clean examples are learned,
+    the clean behaviour stays, and the spec's own witness check sees the violation."""
+    rng = np.random.default_rng(3)
+    pairs = [(fam.draw_trigger(rng), TARGETS[i]) for i in range(12)]
+    poison = [Example(trigger, target) for trigger, target in pairs for _ in range(20)]
+    model = fam.finetune(fam.clean_examples("train") + poison, seed=1)
+    tok = fam.tokenizer()
+    replies = greedy(model, [fam.encode_prompt(t) for t, _ in pairs], 6)
+    hits = [
+        r[: len(tok.encode(g))] == tok.encode(g) for r, (_, g) in zip(replies, pairs, strict=True)
+    ]
+    assert np.mean(hits) >= 0.9
+    assert fam.quality(model, fam.data().test) >= fam.min_clean_accuracy
+    witness = TriggerPredictions({g: (t,) for t, g in pairs[:3]}).to_dict()
+    empty = torch.zeros(0)
+    check = fam.spec().threat_model.check(model, witness, None, empty, empty, 0.5)
+    assert check.in_threat_model and check.violates
+    base_check = fam.spec().threat_model.check(fam.base_model(), witness, None, empty, empty, 0.5)
+    assert not base_check.violates
