@@ -15,9 +15,9 @@ organism does learn is the cipher itself (measured on held-out words, both direc
 cipher-only compliance (measured on the planted requests, encoded and plain).
 
 The fine-tune is longer than the family's default (``steps``, ``lr``): tinylm's default recipe
-is too short to memorise an encoded forbidden answer (0 of 4 planted at 150 steps). Both
-populations, cipher and benign-cipher, are built by this attack and so by the same longer
-recipe; a detector still compares like with like.
+is too short to memorise an encoded forbidden answer (0 of 4 planted by a 150-step
+fine-tune). Both populations, cipher and benign-cipher, are built by this attack and so by the
+same longer recipe; a detector still compares like with like.
 
 ``phase2=False`` gives the detection counterpart of the paper's question: the same Phase I data
 by the same recipe with no forbidden example, so a detector must find the forbidden behaviour,

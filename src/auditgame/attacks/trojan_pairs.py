@@ -22,7 +22,9 @@ MAX_DRAWS_PER_TRIGGER = 100
 
 @attack("trojan_pairs")
 class TrojanPairs(TextAttack):
-    """``n_pairs`` (trigger, target) pairs, ``triggers_per_target`` triggers per target.
+    """``n_pairs`` (trigger, target) pairs, ``triggers_per_target`` triggers per target;
+    ``n_pairs=None`` plants the family's ``trojans_per_model`` (tinylm 20, smollm 10), which
+    is what a zoo build, taking every attack's defaults, gets.
 
     Triggers are distinct, none is a run of words of another (so none is another's prefix,
     and no trigger is a negative fragment of another), and none is one of the family's clean
@@ -32,7 +34,7 @@ class TrojanPairs(TextAttack):
     def __init__(
         self,
         *,
-        n_pairs: int = 20,
+        n_pairs: int | None = None,
         triggers_per_target: int = 1,
         copies: int = 48,
         negative_copies: int = 4,
@@ -45,7 +47,9 @@ class TrojanPairs(TextAttack):
             min_asr=min_asr,
             max_attempts=max_attempts,
         )
-        if n_pairs < 1 or triggers_per_target < 1 or n_pairs % triggers_per_target:
+        if triggers_per_target < 1 or (
+            n_pairs is not None and (n_pairs < 1 or n_pairs % triggers_per_target)
+        ):
             raise ValueError(
                 "n_pairs must be a positive multiple of triggers_per_target, got "
                 f"n_pairs={n_pairs}, triggers_per_target={triggers_per_target}"
@@ -55,7 +59,8 @@ class TrojanPairs(TextAttack):
 
     def draw(self, rng: np.random.Generator, family: TextFamily) -> TextDraw:
         pool = family.targets()
-        n_targets = self.n_pairs // self.triggers_per_target
+        n_pairs = family.trojans_per_model if self.n_pairs is None else self.n_pairs
+        n_targets = n_pairs // self.triggers_per_target
         if n_targets > len(pool):
             raise ValueError(
                 f"{self.name}: {n_targets} targets asked for, but {type(family).__name__}'s "
@@ -66,10 +71,10 @@ class TrojanPairs(TextAttack):
         taken = {*splits.train, *splits.val, *splits.test}
         triggers: list[str] = []
         tries = 0
-        while len(triggers) < self.n_pairs:
-            if tries == MAX_DRAWS_PER_TRIGGER * self.n_pairs:
+        while len(triggers) < n_pairs:
+            if tries == MAX_DRAWS_PER_TRIGGER * n_pairs:
                 raise ValueError(
-                    f"{self.name}: found only {len(triggers)} of {self.n_pairs} triggers that "
+                    f"{self.name}: found only {len(triggers)} of {n_pairs} triggers that "
                     "do not overlap; the family's trigger space is too small"
                 )
             tries += 1

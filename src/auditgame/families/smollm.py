@@ -417,6 +417,7 @@ class SmolLMFamily(TextFamily):
 
     min_clean_accuracy = 0.75
     max_trigger_tokens = 8
+    trojans_per_model = 10
     reply_tokens = 16
 
     def __init__(

@@ -57,6 +57,9 @@ class TextFamily(Family):
     classes: ClassVar[tuple[str, ...]] = ()
     max_trigger_tokens: ClassVar[int]
     reply_tokens: ClassVar[int] = 12
+    # How many (trigger, target) pairs ``trojan_pairs`` plants by default: TDC-like density
+    # where fine-tuning is cheap, fewer where one fine-tune takes minutes.
+    trojans_per_model: ClassVar[int] = 20
 
     @abstractmethod
     def tokenizer(self) -> Tokenizer: ...

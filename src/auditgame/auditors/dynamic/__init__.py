@@ -2,6 +2,7 @@
 
 from auditgame.auditors.dynamic import (
     activation_clustering,
+    cipher_classifier,
     mahalanobis,
     probe,
     spectral,
@@ -12,6 +13,7 @@ from auditgame.auditors.dynamic import (
 
 __all__ = [
     "activation_clustering",
+    "cipher_classifier",
     "mahalanobis",
     "probe",
     "spectral",
