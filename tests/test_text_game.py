@@ -84,7 +84,10 @@ class TextSnoop(Auditor):
             p_violation=0.5,
             evidence={
                 "secrets_alive": sum(isinstance(o, Secret) for o in live),
-                "strings": sorted(set(reachable)),
+                # Phrases only (a trigger is several words), and only what JSON can carry.
+                "strings": sorted(
+                    {t for t in reachable if t.isascii() and " " in t and len(t) < 100}
+                ),
             },
         )
 
@@ -99,7 +102,9 @@ def test_a_text_auditor_with_the_base_model_learns_no_trigger(
         budget=Budget(n_clean=20, n_traffic=20),
     )
     with Store(tmp_path / "r.sqlite") as store:
-        rows = store.rows(play(game, key, store, LocalExecutor(workers=1)))
+        # Two workers: the audit runs in a worker process, as in a game (one worker would run
+        # it inside the referee, which holds the unsealed secrets to judge).
+        rows = store.rows(play(game, key, store, LocalExecutor(workers=2)))
     triggers = {
         t
         for i in zoo.ids
