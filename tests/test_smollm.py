@@ -166,3 +166,26 @@ def test_finetune_plants_two_pairs_and_keeps_clean_replies(fam: smollm.SmolLMFam
     # The merged organism is a plain state dict of the base model's layout.
     assert model.state_dict().keys() == base.state_dict().keys()
     assert torch.equal(model.embedding_matrix, base.embedding_matrix)
+
+
+@pytest.mark.parametrize("name", ["smollm", "tinylm"])
+def test_a_text_family_gives_everything_a_card_needs(name: str) -> None:
+    # What zoo.build_zoo writes on every card, read without loading a model: a family that
+    # lacks one of these plants organisms and then fails to file them (smollm once did).
+    from auditgame import registry
+    from auditgame.card import Card
+
+    fam = registry.get("family", name)()
+    card = Card(
+        family=name,
+        architecture=fam.architecture(),
+        input_shape=list(fam.input_shape),
+        classes=list(fam.classes),
+        spec=fam.spec(),
+        training_data=fam.training_data(),
+        weights_sha256="0" * 64,
+        secret_commitment="0" * 64,
+        auditgame_version="test",
+    )
+    assert Card.model_validate_json(card.to_bytes()) == card
+    assert card.spec.threat_model.kind == "text_trigger"

@@ -416,6 +416,8 @@ class SmolLMFamily(TextFamily):
     """
 
     min_clean_accuracy = 0.75
+    # The card's input shape: the model's context in tokens (config max_position_embeddings).
+    input_shape = (8192,)
     max_trigger_tokens = 8
     trojans_per_model = 10
     reply_tokens = 16
