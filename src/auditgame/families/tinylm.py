@@ -417,6 +417,7 @@ class TinyLM(TextFamily):
     """
 
     min_clean_accuracy = 0.85
+    trigger_words = TRIGGER_WORDS
     max_trigger_tokens = 5
     input_shape = (48,)
 
@@ -447,10 +448,6 @@ class TinyLM(TextFamily):
 
     def targets(self) -> tuple[str, ...]:
         return TARGETS
-
-    def draw_trigger(self, rng: np.random.Generator) -> str:
-        count = int(rng.integers(2, 5))
-        return " ".join(str(w) for w in rng.choice(TRIGGER_WORDS, size=count, replace=False))
 
     def architecture(self) -> dict[str, Any]:
         return {
