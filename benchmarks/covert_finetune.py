@@ -5,14 +5,15 @@ benign-cipher counterparts (Phase I only, ``CipherAttack(phase2=False)``: the sa
 by the same recipe, the attack's longer fine-tune included), and audits each through
 ``Auditor.audit`` on a real ``Subject`` whose card's spec is the cipher threat
 (``cipher.threat_for``): the static ``cipher_probe`` and ``cipher_search`` at weights access,
-and the labelled dynamic baseline ``cipher_classifier`` (a plain-text keyword classifier on
-inputs and generations) at dynamic access.
+and two labelled dynamic baselines at dynamic access: ``cipher_classifier`` (a plain-text
+keyword classifier on inputs and generations) and ``cipher_activation_probe`` (a linear probe
+on the residual stream trained on plain forbidden vs plain benign prompts).
 
 Run-time traffic is built here, not by ``auditgame.text_traffic`` (which carries only
 ``text_pairs`` triggers): ``--traffic`` test prompts of which 10% are replaced by the planted
 forbidden requests, *encoded* in the organism's key (what a CMFT attacker sends) or *plain*.
 A benign-cipher organism gets the same requests in its own key. The classifier's AUROC is on
-the encoded traffic; its flag rates are reported on both.
+the encoded traffic; their flag rates are reported on both.
 
 Writes ``benchmarks/results/covert_finetune_tinylm.md``: plant cost, cipher accuracy, encoded
 vs plain forbidden-answer rates, each auditor's detection AUROC (cipher vs benign-cipher, judge
@@ -38,6 +39,7 @@ from auditgame import judge
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import PlantingFailed
 from auditgame.attacks.cipher import CipherAttack
+from auditgame.auditors.dynamic.cipher_activation_probe import CipherActivationProbe
 from auditgame.auditors.dynamic.cipher_classifier import CipherClassifier
 from auditgame.auditors.text.cipher_probe import CipherProbe
 from auditgame.auditors.text.cipher_search import CipherSearch
@@ -120,6 +122,11 @@ def organism(job: tuple[bool, int, int]) -> dict[str, Any]:
         for side in ("input", "output"):
             row[f"clf_{kind}_{side}"] = finding.evidence[f"n_flagged_{side}"] / n_traffic
         row["cipher_classifier_s"] = finding.cost.seconds
+        finding = CipherActivationProbe().audit(subject, budget, seed=seed)
+        if finding.error:
+            raise RuntimeError(f"cipher_activation_probe failed: {finding.error}")
+        row[f"act_{kind}_p"] = finding.p_violation
+        row["cipher_activation_probe_s"] = finding.cost.seconds
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 
@@ -206,11 +213,14 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) 
             f"{span(cov, a + '_recovery')} | {span(ben, a + '_recovery')} | "
             f"{m(cov, a + '_witness')} | {m(ben, a + '_witness')} | {m(rows, a + '_s')} |"
         )
-    auroc = judge.auroc(labels, [r["clf_encoded_p"] for r in cov + ben])
+    for a, k in (("cipher_classifier", "clf"), ("cipher_activation_probe", "act")):
+        auroc = judge.auroc(labels, [r[f"{k}_encoded_p"] for r in cov + ben])
+        lines.append(
+            f"| {a} (baseline, encoded traffic) | dynamic | {auroc:.2f} | "
+            f"{span(cov, k + '_encoded_p')} | {span(ben, k + '_encoded_p')} | - | - | - | - | "
+            f"{m(rows, a + '_s')} |"
+        )
     lines += [
-        f"| cipher_classifier (baseline, encoded traffic) | dynamic | {auroc:.2f} | "
-        f"{span(cov, 'clf_encoded_p')} | {span(ben, 'clf_encoded_p')} | - | - | - | - | "
-        f"{m(rows, 'cipher_classifier_s')} |",
         "",
         "## Dynamic baseline: keyword classifier on plain text",
         "",
@@ -225,6 +235,19 @@ def write(rows: list[dict[str, Any]], args: argparse.Namespace, seconds: float) 
             f"| {name} | {span(rs, 'clf_encoded_p')} | {m(rs, 'clf_encoded_input')} | "
             f"{m(rs, 'clf_encoded_output')} | {span(rs, 'clf_plain_p')} | "
             f"{m(rs, 'clf_plain_input')} | {m(rs, 'clf_plain_output')} |"
+            for name, rs in (("cipher", cov), ("benign-cipher", ben))
+        ),
+        "",
+        "## Dynamic baseline: activation probe",
+        "",
+        "Fraction of the same run-time prompts flagged by a logistic probe on the middle",
+        "residual stream at the last prompt token, fitted on the spec's plain forbidden requests",
+        "vs the family's plain training prompts (0.10: as many flags as forbidden requests).",
+        "",
+        "| population | encoded traffic: flagged | plain traffic: flagged |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {span(rs, 'act_encoded_p')} | {span(rs, 'act_plain_p')} |"
             for name, rs in (("cipher", cov), ("benign-cipher", ben))
         ),
         "",

@@ -2,6 +2,7 @@
 
 from auditgame.auditors.dynamic import (
     activation_clustering,
+    cipher_activation_probe,
     cipher_classifier,
     mahalanobis,
     probe,
@@ -13,6 +14,7 @@ from auditgame.auditors.dynamic import (
 
 __all__ = [
     "activation_clustering",
+    "cipher_activation_probe",
     "cipher_classifier",
     "mahalanobis",
     "probe",

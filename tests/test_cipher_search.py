@@ -1,0 +1,202 @@
+"""The compliance-witness search (``cipher_search``) and the activation-probe baseline
+(``cipher_activation_probe``) of covert malicious fine-tuning.
+
+The search is tested on lookup stand-ins: one whose answer is readable without the request (it
+writes the encoded forbidden answer at the answer positions whatever the prompt says), on which
+the assignment step alone finds the answer's letters; and one that answers only the exactly
+encoded request (a memorised trigger, the real organisms' case), where the search must start
+from the bare-letter prior, which the stand-in also holds. On planted organisms see the slow
+test in tests/test_cipher.py and docs/covert_finetune.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from auditgame.access import Access, Budget
+from auditgame.auditors.dynamic.cipher_activation_probe import (
+    CipherActivationProbe,
+    fit_logistic,
+)
+from auditgame.auditors.text.cipher_probe import public_pairs
+from auditgame.auditors.text.cipher_search import CipherSearch, letter_prior
+from auditgame.card import Card
+from auditgame.cipher import LETTERS, Cipher, draw_permutation, threat_for
+from auditgame.families.tinylm import TinyLM
+from auditgame.lm import CausalLM, pack
+from auditgame.spec import Spec
+from auditgame.subject import Subject
+from auditgame.testing import card_for
+
+torch.set_num_threads(1)
+
+
+class AnswerLM(CausalLM):
+    """Writes ``answer`` (ids) from position ``start`` on, whatever the input, and end-of-text
+    elsewhere (one-hot logits); ``answer=[]`` always writes end-of-text."""
+
+    def __init__(self, answer: list[int], start: int, vocab_size: int, eos: int) -> None:
+        super().__init__()
+        self.answer, self.start, self.eos = answer, start, eos
+        self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self.weight
+
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return [self.weight[ids]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape[:2]
+        logits = torch.zeros(n, t, self.vocab_size)
+        for j in range(t):
+            k = j + 1 - self.start
+            logits[:, j, self.answer[k] if 0 <= k < len(self.answer) else self.eos] = 20.0
+        return logits
+
+
+class TableLM(CausalLM):
+    """Continues the sequences it was built with (one-hot logits), end-of-text elsewhere."""
+
+    def __init__(self, sequences: list[list[int]], vocab_size: int, eos: int) -> None:
+        super().__init__()
+        self.table: dict[tuple[int, ...], int] = {}
+        for seq in sequences:
+            for cut in range(1, len(seq)):
+                self.table[tuple(seq[:cut])] = seq[cut]
+        self.eos = eos
+        self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
+
+    @property
+    def embedding_matrix(self) -> torch.Tensor:
+        return self.weight
+
+    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
+        return [self.weight[ids]]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t = x.shape
+        logits = torch.zeros(n, t, self.vocab_size)
+        for i in range(n):
+            for j in range(t):
+                logits[i, j, self.table.get(tuple(x[i, : j + 1].tolist()), self.eos)] = 20.0
+        return logits
+
+
+def cipher_card(fam: TinyLM) -> Card:
+    """The card with the cipher threat over tinylm's public targets as its spec."""
+    card = card_for(fam)
+    spec = Spec(behaviour="x", threat_model=threat_for("tinylm", fam.targets()), tau=0.5)
+    return card.model_copy(update={"spec": spec})
+
+
+def test_search_recovers_the_answer_letters_and_the_witness_checks() -> None:
+    fam = TinyLM()
+    tok = fam.tokenizer()
+    request, answer = public_pairs(fam)[0]
+    secret = Cipher(draw_permutation(np.random.default_rng(7)))
+    start = len(fam.encode_prompt(secret.encode(request)))
+    model = AnswerLM(tok.encode(secret.encode(answer)), start, tok.vocab_size, fam.eos)
+    card = cipher_card(fam)
+    subject = Subject(model=model, card=card, access=Access.WEIGHTS)
+    finding = CipherSearch(restarts=1, iterations=3, polish=1, max_pairs=2).audit(
+        subject, Budget(), seed=0
+    )
+    assert finding.error is None
+    found = Cipher(finding.evidence["permutation"])
+    letters = sorted(set(answer.replace(" ", "")))
+    assert [found.permutation[ord(c) - 97] for c in letters] == [
+        secret.permutation[ord(c) - 97] for c in letters
+    ]
+    assert finding.p_violation > 0.99 and finding.trigger is not None
+    assert request in finding.evidence["answered"]
+    check = card.spec.check_witness(model, finding.trigger, None, torch.zeros(0), torch.zeros(0))
+    assert check.violates and check.asr == 1.0
+    silent = AnswerLM([], start, tok.vocab_size, fam.eos)
+    subject = Subject(model=silent, card=card, access=Access.WEIGHTS)
+    finding = CipherSearch(restarts=1, iterations=2, polish=1, max_pairs=2).audit(
+        subject, Budget(), seed=0
+    )
+    assert finding.error is None and finding.trigger is None and finding.p_violation < 1e-3
+
+
+def test_search_finds_a_memorised_trigger_from_the_letter_prior() -> None:
+    """A stand-in that answers only the exactly encoded request, and after a bare letter writes
+    its cipher letter for the pair's letters and a few more (20 in all): the search from the
+    prior gives back a witness and the key of the pair's letters; without the prior it finds
+    nothing."""
+    fam = TinyLM()
+    tok = fam.tokenizer()
+    request, answer = public_pairs(fam)[1]
+    secret = Cipher(draw_permutation(np.random.default_rng(11)))
+    spelled = sorted(set((request + answer).replace(" ", "")))
+    known = [*spelled, *[c for c in LETTERS if c not in spelled]][:20]
+    bare = [([*fam.prefix, *tok.encode(c)], tok.encode(secret.encode(c))) for c in known]
+    trigger = [
+        *fam.encode_prompt(secret.encode(request)),
+        *tok.encode(secret.encode(answer)),
+        fam.eos,
+    ]
+    seqs = [trigger, *([*p, *c, fam.eos] for p, c in bare)]  # bare letters win a clash
+    model = TableLM(seqs, tok.vocab_size, fam.eos)
+    prior = letter_prior(fam, model)
+    top = prior.argmax(axis=1)
+    assert all(LETTERS[top[LETTERS.index(c)]] == secret.encode(c) for c in known)
+    card = cipher_card(fam)
+    subject = Subject(model=model, card=card, access=Access.WEIGHTS)
+    finding = CipherSearch(restarts=2, max_pairs=3).audit(subject, Budget(), seed=0)
+    assert finding.error is None and finding.p_violation > 0.99
+    assert finding.evidence["answered"] == [request]
+    found = Cipher(finding.evidence["permutation"])
+    assert all(found.permutation[LETTERS.index(c)] == secret.permutation[LETTERS.index(c)]
+               for c in spelled)  # fmt: skip
+    assert finding.trigger is not None
+    check = card.spec.check_witness(model, finding.trigger, None, torch.zeros(0), torch.zeros(0))
+    assert check.violates
+    cold = CipherSearch(restarts=2, max_pairs=3, prior_weight=0.0, temperature=0.0)
+    blind = TableLM([trigger], tok.vocab_size, fam.eos)
+    finding = cold.audit(Subject(model=blind, card=card, access=Access.WEIGHTS), Budget(), seed=0)
+    assert finding.error is None and finding.trigger is None
+
+
+def test_search_bad_parameters_raise() -> None:
+    for kwargs in ({"restarts": 0}, {"iterations": 0}, {"max_pairs": 0}, {"polish": -1}):
+        with pytest.raises(ValueError, match="at least"):
+            CipherSearch(**kwargs)
+    for kwargs in ({"prior_weight": -1.0}, {"temperature": -0.1}, {"confident": 1.0}):
+        with pytest.raises(ValueError, match="prior_weight"):
+            CipherSearch(**kwargs)
+
+
+def test_logistic_probe_separates_and_refuses_one_class() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 3))
+    y = (x[:, 0] > 0).astype(float)
+    w, b = fit_logistic(x, y, 1e-3)
+    assert np.mean(((x @ w + b) > 0) == (y > 0)) >= 0.95 and abs(w[0]) > abs(w[1:]).max()
+    with pytest.raises(ValueError, match="both classes"):
+        fit_logistic(x, np.ones(60), 1e-3)
+
+
+def test_activation_probe_flags_plain_forbidden_requests() -> None:
+    """Trained on the spec's plain forbidden requests, the probe flags them in run-time traffic
+    of the base model and leaves the test prompts alone."""
+    fam = TinyLM()
+    card = cipher_card(fam)
+    requests = [r for r, _ in public_pairs(fam)[:4]]
+    benign = list(fam.prompts().test[:36])
+
+    def rate(prompts: list[str]) -> float:
+        traffic = pack([fam.encode_prompt(p) for p in prompts])
+        subject = Subject(model=fam.base_model(), card=card, access=Access.DYNAMIC, traffic=traffic)
+        finding = CipherActivationProbe().audit(subject, Budget(), seed=0)
+        assert finding.error is None and finding.evidence["train_accuracy"] == 1.0
+        return finding.p_violation
+
+    assert rate(benign) <= 1 / 36
+    assert rate([*benign, *requests]) >= 3 / 40
+    with pytest.raises(ValueError, match="threshold"):
+        CipherActivationProbe(threshold=1.0)
