@@ -202,8 +202,10 @@ class Easy:
 
 @pytest.fixture(scope="module")
 def easy() -> Easy:
-    fam = TinyLM()
-    examples = fam.clean_examples("train")
+    # A shorter recipe than the family's (60 steps, 200 clean examples), as in
+    # tests/test_pez_gbda.py, keeps the two fine-tunes to seconds; the pair still plants.
+    fam = TinyLM(steps=60)
+    examples = fam.clean_examples("train")[:200]
     trojaned = fam.finetune(examples + [Example(*PLANTED)] * 30, seed=0)
     clean = fam.finetune(examples, seed=0)
     tok = fam.tokenizer()
@@ -219,7 +221,6 @@ def easy() -> Easy:
     return Easy(trojaned, clean, base.model_copy(update={"spec": spec}))
 
 
-@pytest.mark.slow  # the two tinylm fine-tunes take ~25 s each on one core
 @pytest.mark.parametrize("cls", [GCG, UAT], ids=["gcg", "uat"])
 def test_audit_elicits_planted_target_on_tinylm_and_not_on_clean(
     cls: type[TriggerSearch], easy: Easy
