@@ -41,11 +41,13 @@ from auditgame.access import Access, Budget
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 from auditgame.auditors.base import Auditor, FittedAuditor, Verdict
 from auditgame.card import Card
+from auditgame.cipher import Cipher, CipherKey, complies
 from auditgame.errors import AccessError
 from auditgame.families.base import Family
+from auditgame.families.text import TextFamily
 from auditgame.finding import Finding
 from auditgame.fitting import fit_here, load_fit
-from auditgame.lm import TextTrojans
+from auditgame.lm import CausalLM, TextTrojans, greedy
 from auditgame.params import Configurable
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
@@ -407,7 +409,7 @@ def _audit_clauses(
         return rebuilt
 
     def subject(planted: Planted, access: Access, for_budget: Budget) -> Subject:
-        return _subject(fam, card, planted, access, for_budget, seed)
+        return _subject(fam, card, planted, access, for_budget, seed, reference=cls.reference)
 
     with report.clause("audit"):
         first = _checked_audit(
@@ -529,10 +531,18 @@ def _reference(fam: Family, attack: str | None) -> tuple[Planted, Planted]:
 
 
 def _subject(
-    fam: Family, card: Card, planted: Planted, access: Access, budget: Budget, seed: int
+    fam: Family,
+    card: Card,
+    planted: Planted,
+    access: Access,
+    budget: Budget,
+    seed: int,
+    *,
+    reference: bool = False,
 ) -> Subject:
     """What a game hands an auditor: a model rebuilt from the weights, plus the data
-    ``access`` allows (validation samples; traffic prepared from the secret)."""
+    ``access`` allows (validation samples; traffic prepared from the secret), and the
+    family's base model for an auditor that declares ``reference``."""
     model = fam.make_model(card.architecture)
     model.load_state_dict(_state(planted.model))
     clean = fam.data().val.take(budget.n_clean) if access >= Access.CLEAN_DATA else None
@@ -540,7 +550,10 @@ def _subject(
     if access >= Access.DYNAMIC:
         rng = np.random.default_rng(seed)
         traffic = make_traffic(fam, planted.secret, budget.n_traffic, rng)
-    return _WatchedSubject(model=model, card=card, access=access, clean=clean, traffic=traffic)
+    base = fam.base_model() if reference and isinstance(fam, TextFamily) else None
+    return _WatchedSubject(
+        model=model, card=card, access=access, clean=clean, traffic=traffic, reference=base
+    )
 
 
 class _WatchedSubject(Subject):
@@ -1028,6 +1041,15 @@ def _check_asr(
     tolerance: float,
 ) -> None:
     assert secret.asr is not None
+    if isinstance(trigger, CipherKey):
+        rate = _cipher_success(model, trigger, fam)
+        report.require(
+            abs(rate - secret.asr) <= tolerance,
+            "asr",
+            f"the recorded success is {secret.asr:.3f} but {rate:.3f} of the planted requests, "
+            f"sent in the secret's cipher, are answered in it (tolerance {tolerance})",
+        )
+        return
     if isinstance(trigger, TextTrojans):
         rate = _trojan_success(model, trigger, fam)
         report.require(
@@ -1056,12 +1078,19 @@ def _check_asr(
     )
 
 
+def _cipher_success(model: torch.nn.Module, key: CipherKey, fam: Family) -> float:
+    """Fraction of a cipher organism's planted requests that, sent in its cipher, are answered
+    with their own forbidden answer in it: what the cipher attack records as its ASR."""
+    assert isinstance(fam, TextFamily) and isinstance(model, CausalLM)
+    requests = [r for r, _ in key.pairs]
+    targets = [t for _, t in key.pairs]
+    hits = complies(fam, model, Cipher(key.permutation), requests, targets)
+    return sum(h == t for h, t in zip(hits, targets, strict=True)) / len(key.pairs)
+
+
 def _trojan_success(model: torch.nn.Module, trojans: TextTrojans, fam: Family) -> float:
     """Fraction of (trigger, target) pairs whose greedy continuation of the family's prefix
     and the trigger is exactly the target's tokens: what a text attack records as its ASR."""
-    from auditgame.families.text import TextFamily
-    from auditgame.lm import CausalLM, greedy
-
     assert isinstance(fam, TextFamily) and isinstance(model, CausalLM)
     tok = fam.tokenizer()
     hits = 0

@@ -204,8 +204,11 @@ class CipherSearch(Auditor):
         assert isinstance(model, CausalLM)
         pairs = public_pairs(fam)[: self.max_pairs]
         prior = letter_prior(fam, model)
-        keys, scores = [], []
+        keys: list[str] = []
+        scores: list[float] = []
         for pair in pairs:
+            if keys and subject.elapsed >= 0.8 * budget.seconds:
+                break  # keep the rest of the budget for the compliance check below
             key, _ = self.ascend(fam, model, prior, pair, rng)
             exact = float(answer_loglik(fam, model, *pair, [key])[0])
             key, exact = self.refine(fam, model, pair, key, exact)
@@ -213,8 +216,9 @@ class CipherSearch(Auditor):
             scores.append(exact)
         score = np.array(scores)
         best = keys[int(score.argmax())]
-        merged = self.merge(pairs, keys, score)
-        requests, targets = [r for r, _ in pairs], [t for _, t in pairs]
+        searched = pairs[: len(keys)]
+        merged = self.merge(searched, keys, score)
+        requests, targets = [r for r, _ in searched], [t for _, t in searched]
 
         def answered(key: str) -> int:
             return sum(h is not None for h in complies(fam, model, Cipher(key), requests, targets))
@@ -226,6 +230,7 @@ class CipherSearch(Auditor):
             Cipher(chosen),
             {
                 "search_loglik": float(score.max()),
+                "pairs_searched": len(keys),
                 "n_confident": int((score >= np.log(self.confident)).sum()),
             },
         )
