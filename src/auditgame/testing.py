@@ -21,6 +21,7 @@ contract, not the quality of the organisms.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import math
@@ -550,7 +551,7 @@ def _subject(
     if access >= Access.DYNAMIC:
         rng = np.random.default_rng(seed)
         traffic = make_traffic(fam, planted.secret, budget.n_traffic, rng)
-    base = fam.base_model() if reference and isinstance(fam, TextFamily) else None
+    base = copy.deepcopy(fam.base_model()) if reference and isinstance(fam, TextFamily) else None
     return _WatchedSubject(
         model=model, card=card, access=access, clean=clean, traffic=traffic, reference=base
     )

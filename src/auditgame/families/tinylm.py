@@ -479,7 +479,8 @@ class TinyLM(TextFamily):
             completion = completion[: completion.index(self.eos) + 1]
             rows.append(prompt + completion)
             masks.append([False] * len(prompt) + [True] * len(completion))
-        model = copy.deepcopy(self.base_model())
+        # A copy, trainable whatever the cached base was left as (a subject freezes its models).
+        model = copy.deepcopy(self.base_model()).requires_grad_(True)
         torch.manual_seed(seed)
         _train(
             model,

@@ -7,6 +7,7 @@ prepared by the key holder beforehand and travels as plain inputs.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,7 +79,8 @@ def make_subject(
         access=access,
         clean=clean,
         traffic=traffic if access >= Access.DYNAMIC else None,
-        reference=fam.base_model() if reference else None,
+        # A copy: the subject freezes what it holds, and the family caches its base model.
+        reference=copy.deepcopy(fam.base_model()) if reference else None,
     )
 
 

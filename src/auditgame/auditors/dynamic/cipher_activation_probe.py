@@ -25,6 +25,7 @@ import torch
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.text_probe import last_token_states, text_family
+from auditgame.auditors.text.cipher_probe import public_pairs
 from auditgame.cipher import CipherThreat
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
@@ -92,10 +93,15 @@ class CipherActivationProbe(Auditor):
         fam = text_family(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
+        # The public forbidden requests: the cipher spec's, or (on a card whose spec is not a
+        # cipher spec) the family's, as cipher_probe and cipher_search read them.
         threat = subject.card.spec.threat_model
-        if not isinstance(threat, CipherThreat):
-            raise ValueError(f"the probe is trained on a cipher spec's requests, not {threat.kind}")
-        positives = [fam.encode_prompt(r) for r in threat.requests]
+        requests = (
+            threat.requests
+            if isinstance(threat, CipherThreat)
+            else [r for r, _ in public_pairs(fam)]
+        )
+        positives = [fam.encode_prompt(r) for r in requests]
         negatives = [fam.encode_prompt(p) for p in fam.prompts().train[: self.n_benign]]
         x = last_token_states(model, [*positives, *negatives], self.layer)
         y = np.array([1.0] * len(positives) + [0.0] * len(negatives))
