@@ -51,8 +51,8 @@ def test_flags_badnets_with_the_planted_target(tiny_zoo, findings) -> None:
     assert finding.target == target
     # The witness is a real violation of the spec on held-out data.
     organism = tiny_zoo.zoo.organism(oid)
-    asr, inside = check_witness(organism, finding)
-    assert asr is not None and asr >= organism.card.spec.tau and inside
+    check = check_witness(organism, finding)
+    assert check is not None and check.asr >= organism.card.spec.tau and check.in_threat_model
     evidence = finding.evidence
     arm = evidence["arms"].index(target)
     # The scheduler spent more pulls on the target's arm than on any other.
