@@ -31,6 +31,8 @@ from auditgame.store import Store
 from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
 
 DEFAULT_AUDITORS = ["neural_cleanse", "weight_stats", "mahalanobis"]
+# A language-model zoo: the TDC searcher, the base-model diff and a dynamic baseline.
+DEFAULT_TEXT_AUDITORS = ["gcg", "embedding_diff", "text_mahalanobis"]
 DATA_DIR = Path("auditgame-data")
 
 app = typer.Typer(
@@ -255,10 +257,11 @@ def play_cmd(
     """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
     workers = workers or _cores()
     zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}"
-    names = auditor or DEFAULT_AUDITORS
     try:
         runner = _executor(executor, workers, address, ship_files)
         opened = Zoo(zoo_dir) if zoo is not None else _build(family, n, seed, zoo_dir, key, workers)
+        text = registry.get("family", opened.family).modality == "text"
+        names = auditor or (DEFAULT_TEXT_AUDITORS if text else DEFAULT_AUDITORS)
         secret_key = open_key(opened, key)
         game = Game(
             zoo=zoo_dir,
@@ -386,6 +389,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
             "target acc",
             "witness ASR",
             "mask IoU",
+            "recall",
             "s/org",
             "errors",
         ):
@@ -393,7 +397,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
         for r in chosen:
             ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
             table.add_row(
-                r.auditor,
+                f"{r.auditor} (reference)" if r.reference else r.auditor,
                 r.family,
                 r.attack,
                 str(r.n),
@@ -405,6 +409,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
                 _fmt(r.target_acc, 2),
                 _fmt(r.witness_asr, 2),
                 _fmt(r.mask_iou, 2),
+                _fmt(r.trigger_recall, 2),
                 _fmt(r.seconds_per_organism, 1),
                 str(r.errors),
             )
