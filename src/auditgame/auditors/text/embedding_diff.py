@@ -58,11 +58,16 @@ def response_change(
     tokens: torch.Tensor,
     layer: int,
     batch: int = 512,
+    deadline: float = float("inf"),
 ) -> torch.Tensor:
     """``||h_s - h_b|| / ||h_b||`` of the residual stream at ``layer``, last position, after
-    ``prefix + [t]`` for each token ``t`` of ``tokens`` ``(K,)``; returns ``(K,)``."""
-    out = []
+    ``prefix + [t]`` for each token ``t`` of ``tokens`` ``(K,)``; returns one value per token
+    scanned: all ``K``, or the first batches when ``time.perf_counter()`` passes
+    ``deadline`` (at least one batch)."""
+    out: list[torch.Tensor] = []
     for i in range(0, len(tokens), batch):
+        if out and time.perf_counter() >= deadline:
+            break
         chunk = tokens[i : i + batch, None]
         ids = torch.cat([torch.tensor(prefix, dtype=torch.long).expand(len(chunk), -1), chunk], 1)
         h_s = suspect.hidden_states(ids)[layer][:, -1].double()
@@ -142,9 +147,15 @@ class EmbeddingDiff(Auditor):
         self.n_predictions = n_predictions
 
     def token_movement(
-        self, suspect: CausalLM, base: CausalLM, fam: TextFamily, tokens: torch.Tensor
+        self,
+        suspect: CausalLM,
+        base: CausalLM,
+        fam: TextFamily,
+        tokens: torch.Tensor,
+        deadline: float = float("inf"),
     ) -> np.ndarray:
-        """Each token's movement ``(K,)`` by the chosen measure."""
+        """Each token's movement by the chosen measure; the response measure may stop at
+        ``deadline`` with the first tokens only (one value per token scanned)."""
         if suspect.embedding_matrix.shape != base.embedding_matrix.shape:
             raise ValueError(
                 f"the suspect's vocabulary ({suspect.embedding_matrix.shape[0]}) is not the "
@@ -154,7 +165,9 @@ class EmbeddingDiff(Auditor):
             with torch.no_grad():
                 rows = suspect.embedding_matrix[tokens] - base.embedding_matrix[tokens]
                 return rows.double().norm(dim=1).numpy()
-        return response_change(suspect, base, fam.prefix, tokens, self.layer).numpy()
+        return response_change(
+            suspect, base, fam.prefix, tokens, self.layer, deadline=deadline
+        ).numpy()
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         threat = subject.card.spec.threat_model
@@ -169,8 +182,15 @@ class EmbeddingDiff(Auditor):
         ):
             raise ValueError(f"{self.name} needs a language-model family and its base model")
         tok = fam.tokenizer()
+        # Scanned in a seeded random order with half the budget: on a large vocabulary
+        # (smollm: 48k tokens through two models, ~20 minutes on 2 cores) a cut-off scan is
+        # a random sample of the vocabulary, not its first ids.
         tokens = fam.searchable_tokens()
-        z = robust_z(self.token_movement(suspect, base, fam, tokens))
+        tokens = tokens[torch.as_tensor(rng.permutation(len(tokens)))]
+        scan_deadline = time.perf_counter() + 0.5 * max(budget.seconds - subject.elapsed, 0.0)
+        moved = self.token_movement(suspect, base, fam, tokens, scan_deadline)
+        tokens = tokens[: len(moved)]
+        z = robust_z(moved)
         top = np.argsort(-z, kind="stable")[: self.n_tokens]
         pool = [int(tokens[i]) for i in top]
         prefix = torch.tensor(fam.prefix, dtype=torch.long)
@@ -202,6 +222,7 @@ class EmbeddingDiff(Auditor):
             trigger=TriggerPredictions(predictions),
             evidence={
                 "movement": self.movement,
+                "scanned": len(tokens),
                 "layer": None if self.movement == "embedding" else self.layer,
                 "top_tokens": [
                     {"token": tok.decode([t]), "z": round(float(z[i]), 2)}
