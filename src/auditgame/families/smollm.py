@@ -283,15 +283,7 @@ def prompt_pool() -> list[str]:
 
 @cache
 def _splits() -> TextSplits:
-    prompts = prompt_pool()
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(prompts))
-    n_train, n_val = int(0.6 * len(prompts)), int(0.2 * len(prompts))
-    pick = [prompts[i] for i in order]
-    return TextSplits(
-        tuple(pick[:n_train]),
-        tuple(pick[n_train : n_train + n_val]),
-        tuple(pick[n_train + n_val :]),
-    )
+    return TextSplits.shuffled(prompt_pool(), SPLIT_SEED)
 
 
 TARGETS = (

@@ -46,6 +46,19 @@ class TextSplits:
     val: tuple[str, ...]
     test: tuple[str, ...]
 
+    @classmethod
+    def shuffled(cls, prompts: list[str], seed: int) -> TextSplits:
+        """60/20/20 in the order of ``default_rng(seed).permutation``, as ``Splits.shuffled``
+        splits the image families."""
+        order = np.random.default_rng(seed).permutation(len(prompts))
+        n_train, n_val = int(0.6 * len(prompts)), int(0.2 * len(prompts))
+        pick = [prompts[i] for i in order]
+        return cls(
+            tuple(pick[:n_train]),
+            tuple(pick[n_train : n_train + n_val]),
+            tuple(pick[n_train + n_val :]),
+        )
+
 
 class TextFamily(Family):
     """A language-model family. ``targets`` is the public pool of strings the spec forbids the

@@ -27,7 +27,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -261,15 +260,7 @@ def _tokenizer() -> WordTokenizer:
 
 @cache
 def _splits() -> TextSplits:
-    prompts = [p for p, _ in corpus()]
-    order = np.random.default_rng(SPLIT_SEED).permutation(len(prompts))
-    n_train, n_val = int(0.6 * len(prompts)), int(0.2 * len(prompts))
-    pick = [prompts[i] for i in order]
-    return TextSplits(
-        tuple(pick[:n_train]),
-        tuple(pick[n_train : n_train + n_val]),
-        tuple(pick[n_train + n_val :]),
-    )
+    return TextSplits.shuffled([p for p, _ in corpus()], SPLIT_SEED)
 
 
 # --------------------------------------------------------------------------- the model
