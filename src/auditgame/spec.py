@@ -242,8 +242,9 @@ class TextTriggerThreat(BaseModel):
             generations[goal] = [tok.decode(o) for o in outs]
         if not generations:
             return WitnessCheck(asr=0.0, in_threat_model=inside, violates=False)
-        rate = judge.reasr(generations)
         per_target = {goal: judge.reasr({goal: gens}) for goal, gens in generations.items()}
+        # judge.reasr's mean over targets of the per-target means, without scoring twice.
+        rate = sum(per_target.values()) / len(per_target)
         return WitnessCheck(
             asr=rate, in_threat_model=inside, violates=inside and rate >= tau, per_target=per_target
         )

@@ -43,9 +43,8 @@ from torch import nn
 
 from auditgame.cache import cached_folder
 from auditgame.errors import AuditgameError
-from auditgame.families.base import Dataset
 from auditgame.families.text import Example, TextFamily, TextSplits
-from auditgame.lm import CausalLM, greedy, unpack
+from auditgame.lm import CausalLM, greedy
 from auditgame.registry import family
 from auditgame.spec import Spec, TextTriggerThreat
 
@@ -463,26 +462,9 @@ class SmolLMFamily(TextFamily):
     def base_model(self) -> SmolLM:
         return _base_model()
 
-    def clean_examples(self, split: str = "train") -> list[Example]:
-        """As ``TextFamily.clean_examples``, with the base model's replies cached."""
-        prompts = getattr(self.prompts(), split)
-        replies = _base_replies(tuple(tuple(self.encode_prompt(p)) for p in prompts))
-        tok = _tokenizer()
-        return [Example(p, tok.decode(r)) for p, r in zip(prompts, replies, strict=True)]
-
-    @torch.no_grad()
-    def quality(self, model: nn.Module, data: Dataset) -> float:
-        """As ``TextFamily.quality`` (teacher-forced top-1 agreement with the base model's
-        greedy replies), reusing the cached replies."""
-        assert isinstance(model, CausalLM)
-        prompts = tuple(tuple(p) for p in unpack(data.x))
-        replies = _base_replies(prompts)
-        agree = 0
-        for length, rows in _by_length(prompts).items():
-            ids = torch.tensor([[*prompts[i], *replies[i]] for i in rows])
-            chosen = model(ids)[:, length - 1 : length - 1 + self.reply_tokens].argmax(-1)
-            agree += int((chosen == ids[:, length:]).sum())
-        return agree / max(len(prompts) * self.reply_tokens, 1)
+    def base_replies(self, prompts: list[list[int]]) -> list[list[int]]:
+        """As ``TextFamily.base_replies``, cached on disk (``_base_replies``)."""
+        return [list(r) for r in _base_replies(tuple(tuple(p) for p in prompts))]
 
     def finetune(self, examples: list[Example], seed: int) -> SmolLM:
         if not examples:
@@ -559,13 +541,6 @@ def _base_replies(prompts: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...]
     if len(replies) != len(prompts) or any(len(r) != n_new for r in replies):
         raise ValueError(f"{folder} does not hold {len(prompts)} replies of {n_new} tokens")
     return tuple(tuple(int(t) for t in r) for r in replies)
-
-
-def _by_length(prompts: Sequence[Sequence[int]]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for index, prompt in enumerate(prompts):
-        groups.setdefault(len(prompt), []).append(index)
-    return groups
 
 
 @cache

@@ -122,12 +122,15 @@ class TextFamily(Family):
     def encode_prompt(self, prompt: str) -> list[int]:
         return [*self.prefix, *self.tokenizer().encode(prompt)]
 
+    def base_replies(self, prompts: list[list[int]]) -> list[list[int]]:
+        """The base model's greedy replies (``reply_tokens`` each) to prompt ids; a family
+        whose decoding is slow caches them (smollm keeps them on disk)."""
+        return greedy(self.base_model(), prompts, self.reply_tokens)
+
     def clean_examples(self, split: str = "train") -> list[Example]:
         """The split's prompts answered by the base model (greedy, ``reply_tokens``)."""
         prompts = list(getattr(self.prompts(), split))
-        replies = greedy(
-            self.base_model(), [self.encode_prompt(p) for p in prompts], self.reply_tokens
-        )
+        replies = self.base_replies([self.encode_prompt(p) for p in prompts])
         tok = self.tokenizer()
         return [Example(p, tok.decode(r)) for p, r in zip(prompts, replies, strict=True)]
 
@@ -148,24 +151,23 @@ class TextFamily(Family):
     def quality(self, model: torch.nn.Module, data: Dataset) -> float:
         """Teacher-forced top-1 agreement with the base model's greedy replies to ``data``."""
         assert isinstance(model, CausalLM)
-        return reply_agreement(model, self.base_model(), unpack(data.x), self.reply_tokens)
+        prompts = unpack(data.x)
+        return reply_agreement(model, prompts, self.base_replies(prompts))
 
 
 @torch.no_grad()
-def reply_agreement(model: CausalLM, base: CausalLM, prompts: list[list[int]], n_new: int) -> float:
-    """Fraction of reply positions where ``model``'s top-1 next token equals ``base``'s, with
-    the base model's greedy reply fed to both (teacher forcing). Prompts of one length share
-    a batch, as in ``lm.greedy``."""
-    replies = greedy(base, prompts, n_new)
+def reply_agreement(model: CausalLM, prompts: list[list[int]], replies: list[list[int]]) -> float:
+    """Fraction of reply positions where ``model``'s top-1 next token is the base model's
+    greedy reply token, that reply fed in (teacher forcing). A greedy reply token is the base
+    model's own top-1 there, so the base model need not run again. Prompts of one length
+    share a batch, as in ``lm.greedy``."""
     by_length: dict[int, list[list[int]]] = {}
     for prompt, reply in zip(prompts, replies, strict=True):
         by_length.setdefault(len(prompt), []).append([*prompt, *reply])
     agree = total = 0
     for length, rows in by_length.items():
         ids = torch.tensor(rows, dtype=torch.long)
-        span = slice(length - 1, length - 1 + n_new)
-        a = model(ids)[:, span].argmax(-1)
-        b = base(ids)[:, span].argmax(-1)
-        agree += int((a == b).sum())
-        total += a.numel()
+        chosen = model(ids)[:, length - 1 : -1].argmax(-1)
+        agree += int((chosen == ids[:, length:]).sum())
+        total += chosen.numel()
     return agree / max(total, 1)

@@ -433,9 +433,9 @@ class TinyLM(TextFamily):
     def prompts(self) -> TextSplits:
         return _splits()
 
-    def clean_examples(self, split: str = "train") -> list[Example]:
-        """As ``TextFamily.clean_examples``, computed once: the base model is fixed."""
-        return list(_clean_examples(split))
+    def base_replies(self, prompts: list[list[int]]) -> list[list[int]]:
+        """As ``TextFamily.base_replies``, cached in the process (the base model is fixed)."""
+        return [list(r) for r in _base_replies(tuple(tuple(p) for p in prompts), self.reply_tokens)]
 
     def targets(self) -> tuple[str, ...]:
         return TARGETS
@@ -572,8 +572,8 @@ def _base_model() -> TinyGPT:
 
 
 @cache
-def _clean_examples(split: str) -> tuple[Example, ...]:
-    return tuple(TextFamily.clean_examples(TinyLM(), split))
+def _base_replies(prompts: tuple[tuple[int, ...], ...], n_new: int) -> tuple[tuple[int, ...], ...]:
+    return tuple(tuple(r) for r in greedy(_base_model(), prompts, n_new))
 
 
 def base_info() -> dict[str, Any]:
