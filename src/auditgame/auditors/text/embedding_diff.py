@@ -38,12 +38,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from auditgame import judge, registry
+from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.auditors.text.search import SearchProblem
+from auditgame.auditors.text.search import SearchProblem, reproduce
 from auditgame.families.text import TextFamily
-from auditgame.lm import CausalLM, TriggerPredictions, greedy
+from auditgame.lm import CausalLM, TriggerPredictions
 from auditgame.spec import TextTriggerThreat
 from auditgame.subject import Subject
 
@@ -214,9 +214,9 @@ class EmbeddingDiff(Auditor):
             if not kept:
                 continue
             best_loss[target] = float(kept[0][1])
-            predictions[target] = tuple(tok.decode(ids) for ids, _ in kept)
-            outs = greedy(suspect, [[*fam.prefix, *ids] for ids, _ in kept], len(target_ids))
-            elicited[target] = max(judge.sentence_bleu(target, tok.decode(o)) for o in outs)
+            predictions[target], elicited[target] = reproduce(
+                suspect, fam, target, [ids for ids, _ in kept]
+            )
         return Verdict(
             p_violation=max(elicited.values(), default=0.0),
             trigger=TriggerPredictions(predictions),

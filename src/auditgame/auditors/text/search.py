@@ -90,6 +90,19 @@ class SearchProblem:
         return self.allowed[torch.as_tensor(picks)]
 
 
+def reproduce(
+    model: CausalLM, fam: TextFamily, target: str, triggers: list[list[int]]
+) -> tuple[tuple[str, ...], float]:
+    """The candidate triggers as text, and the best character-BLEU with which greedy
+    generation after any of them reproduces ``target``: how every text auditor checks what
+    its search found."""
+    tok = fam.tokenizer()
+    n_new = len(tok.encode(target))
+    outs = greedy(model, [[*fam.prefix, *ids] for ids in triggers], n_new)
+    best = max(judge.sentence_bleu(target, tok.decode(o)) for o in outs)
+    return tuple(tok.decode(ids) for ids in triggers), best
+
+
 class Found:
     """Every trigger a search has scored, with its loss, and a count of
     those that surely elicit the target: a mean target loss under ``log 2 / len(target)``
@@ -194,9 +207,7 @@ class TriggerSearch(Auditor):
                     break
             if not kept:
                 continue
-            predictions[target] = tuple(tok.decode(ids) for ids in kept)
-            outs = greedy(subject.model, [[*fam.prefix, *ids] for ids in kept], len(target_ids))
-            elicited[target] = max(judge.sentence_bleu(target, tok.decode(o)) for o in outs)
+            predictions[target], elicited[target] = reproduce(subject.model, fam, target, kept)
         p = max(elicited.values(), default=0.0)
         return Verdict(
             p_violation=p,
