@@ -19,13 +19,16 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import torch
 
 from auditgame.families.base import Dataset, Family, Splits
 from auditgame.lm import CausalLM, Tokenizer, greedy, pack, unpack
+
+if TYPE_CHECKING:
+    from auditgame.subject import Subject
 
 
 @dataclass(frozen=True)
@@ -153,6 +156,17 @@ class TextFamily(Family):
         assert isinstance(model, CausalLM)
         prompts = unpack(data.x)
         return reply_agreement(model, prompts, self.base_replies(prompts))
+
+
+def text_family(subject: Subject) -> TextFamily:
+    """The text family of the subject's card, for an auditor of language models: a clear
+    error when the card names another kind of family or the model is not a ``CausalLM``."""
+    from auditgame import registry
+
+    fam = registry.get("family", subject.card.family)()
+    if not isinstance(fam, TextFamily) or not isinstance(subject.model, CausalLM):
+        raise ValueError(f"needs a language-model family; {subject.card.family} is not one")
+    return fam
 
 
 @torch.no_grad()

@@ -20,9 +20,8 @@ import numpy as np
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.auditors.dynamic.text_probe import text_family
 from auditgame.cipher import CipherThreat
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM, greedy, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject

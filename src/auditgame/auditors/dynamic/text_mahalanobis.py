@@ -22,7 +22,8 @@ from sklearn.covariance import LedoitWolf
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.scoring import cross_folds, decide
-from auditgame.auditors.dynamic.text_probe import last_token_states, text_family
+from auditgame.auditors.dynamic.text_probe import last_token_states
+from auditgame.families.text import text_family
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject

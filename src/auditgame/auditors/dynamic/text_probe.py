@@ -27,11 +27,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.scoring import decide
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -67,13 +66,6 @@ def last_token_states(
         for row, i in enumerate(indices):
             out[i] = last[row]
     return np.stack([o for o in out if o is not None])
-
-
-def text_family(subject: Subject) -> TextFamily:
-    fam = registry.get("family", subject.card.family)()
-    if not isinstance(fam, TextFamily) or not isinstance(subject.model, CausalLM):
-        raise ValueError(f"needs a language-model family; {subject.card.family} is not one")
-    return fam
 
 
 @auditor("defection_probe")

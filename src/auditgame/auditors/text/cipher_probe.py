@@ -33,19 +33,10 @@ from auditgame.cipher import (
     complies,
     forbidden_request,
 )
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM
 from auditgame.registry import auditor
 from auditgame.subject import Subject
-
-
-def family_of(subject: Subject) -> TextFamily:
-    from auditgame import registry
-
-    fam = registry.get("family", subject.card.family)()
-    if not isinstance(fam, TextFamily):
-        raise TypeError(f"cipher auditors examine text families, not {subject.card.family}")
-    return fam
 
 
 @torch.no_grad()
@@ -130,7 +121,7 @@ class CipherProbe(Auditor):
     modalities = ("text",)
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = family_of(subject)
+        fam = text_family(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         scores = letter_scores(fam, model)

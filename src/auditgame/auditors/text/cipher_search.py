@@ -33,9 +33,9 @@ import torch
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.auditors.text.cipher_probe import assign, family_of, public_pairs, verdict_for
+from auditgame.auditors.text.cipher_probe import assign, public_pairs, verdict_for
 from auditgame.cipher import LETTERS, Cipher, complies
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -199,7 +199,7 @@ class CipherSearch(Auditor):
         return assign(votes)
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = family_of(subject)
+        fam = text_family(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         pairs = public_pairs(fam)[: self.max_pairs]
