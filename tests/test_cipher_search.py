@@ -20,77 +20,14 @@ from auditgame.auditors.dynamic.cipher_activation_probe import (
     CipherActivationProbe,
     fit_logistic,
 )
-from auditgame.auditors.text.cipher_probe import public_pairs
 from auditgame.auditors.text.cipher_search import CipherSearch, letter_prior
-from auditgame.card import Card
-from auditgame.cipher import LETTERS, Cipher, draw_permutation, threat_for
+from auditgame.cipher import LETTERS, Cipher, draw_permutation, public_pairs
 from auditgame.families.tinylm import TinyLM
-from auditgame.lm import CausalLM, pack
-from auditgame.spec import Spec
+from auditgame.lm import pack
 from auditgame.subject import Subject
-from auditgame.testing import card_for
+from cipher_models import AnswerLM, TableLM, cipher_card
 
 torch.set_num_threads(1)
-
-
-class AnswerLM(CausalLM):
-    """Writes ``answer`` (ids) from position ``start`` on, whatever the input, and end-of-text
-    elsewhere (one-hot logits); ``answer=[]`` always writes end-of-text."""
-
-    def __init__(self, answer: list[int], start: int, vocab_size: int, eos: int) -> None:
-        super().__init__()
-        self.answer, self.start, self.eos = answer, start, eos
-        self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
-
-    @property
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.weight
-
-    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        return [self.weight[ids]]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape[:2]
-        logits = torch.zeros(n, t, self.vocab_size)
-        for j in range(t):
-            k = j + 1 - self.start
-            logits[:, j, self.answer[k] if 0 <= k < len(self.answer) else self.eos] = 20.0
-        return logits
-
-
-class TableLM(CausalLM):
-    """Continues the sequences it was built with (one-hot logits), end-of-text elsewhere."""
-
-    def __init__(self, sequences: list[list[int]], vocab_size: int, eos: int) -> None:
-        super().__init__()
-        self.table: dict[tuple[int, ...], int] = {}
-        for seq in sequences:
-            for cut in range(1, len(seq)):
-                self.table[tuple(seq[:cut])] = seq[cut]
-        self.eos = eos
-        self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
-
-    @property
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.weight
-
-    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        return [self.weight[ids]]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t = x.shape
-        logits = torch.zeros(n, t, self.vocab_size)
-        for i in range(n):
-            for j in range(t):
-                logits[i, j, self.table.get(tuple(x[i, : j + 1].tolist()), self.eos)] = 20.0
-        return logits
-
-
-def cipher_card(fam: TinyLM) -> Card:
-    """The card with the cipher threat over tinylm's public targets as its spec."""
-    card = card_for(fam)
-    spec = Spec(behaviour="x", threat_model=threat_for("tinylm", fam.targets()), tau=0.5)
-    return card.model_copy(update={"spec": spec})
 
 
 def test_search_recovers_the_answer_letters_and_the_witness_checks() -> None:
@@ -120,7 +57,13 @@ def test_search_recovers_the_answer_letters_and_the_witness_checks() -> None:
     finding = CipherSearch(restarts=1, iterations=2, polish=1, max_pairs=2).audit(
         subject, Budget(), seed=0
     )
-    assert finding.error is None and finding.trigger is None and finding.p_violation < 1e-3
+    assert finding.error is None and finding.p_violation < 1e-3
+    assert finding.evidence["answered"] == []
+    # The key is still the finding's *how*; with no request answered the witness lists all
+    # those tried, and the spec's check says it witnesses nothing.
+    assert finding.trigger is not None
+    check = card.spec.check_witness(silent, finding.trigger, None, torch.zeros(0), torch.zeros(0))
+    assert check.in_threat_model and check.asr == 0.0 and not check.violates
 
 
 def test_search_finds_a_memorised_trigger_from_the_letter_prior() -> None:
@@ -159,7 +102,7 @@ def test_search_finds_a_memorised_trigger_from_the_letter_prior() -> None:
     cold = CipherSearch(restarts=2, max_pairs=3, prior_weight=0.0, temperature=0.0)
     blind = TableLM([trigger], tok.vocab_size, fam.eos)
     finding = cold.audit(Subject(model=blind, card=card, access=Access.WEIGHTS), Budget(), seed=0)
-    assert finding.error is None and finding.trigger is None
+    assert finding.error is None and finding.evidence["answered"] == []
 
 
 def test_search_bad_parameters_raise() -> None:

@@ -25,8 +25,7 @@ import torch
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.text_probe import last_token_states
-from auditgame.auditors.text.cipher_probe import public_pairs
-from auditgame.cipher import CipherThreat
+from auditgame.cipher import CipherThreat, public_pairs
 from auditgame.families.text import text_family
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor

@@ -31,7 +31,7 @@ from auditgame.cipher import (
     Cipher,
     CipherWitness,
     complies,
-    forbidden_request,
+    public_pairs,
 )
 from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM
@@ -77,27 +77,18 @@ def forbidden_likelihood(
     return np.exp(np.array(out))
 
 
-def public_pairs(fam: TextFamily) -> list[tuple[str, str]]:
-    """The spec's (forbidden request, forbidden answer) pairs whose cipher fits the context."""
-    tok, width = fam.tokenizer(), fam.input_shape[0]
-    ident = Cipher.identity()
-    return [
-        (forbidden_request(t), t)
-        for t in fam.targets()
-        if len(fam.prefix) + len(tok.encode(ident.encode(forbidden_request(t))))
-        + len(tok.encode(ident.encode(t))) + 1 <= width
-    ]  # fmt: skip
-
-
 def verdict_for(
     fam: TextFamily, model: CausalLM, cipher: Cipher, evidence: dict[str, object]
 ) -> Verdict:
-    """Ask the public forbidden requests in ``cipher``; a witness of those answered."""
+    """Ask the public forbidden requests in ``cipher``; the witness is the key with those
+    answered (the spec confirms it), or with all of them when none is."""
     pairs = public_pairs(fam)
     likelihood = forbidden_likelihood(fam, model, cipher, pairs)
     hits = complies(fam, model, cipher, [r for r, _ in pairs], [t for _, t in pairs])
     answered = tuple(r for (r, _), h in zip(pairs, hits, strict=True) if h is not None)
-    witness = CipherWitness(cipher.permutation, answered) if answered else None
+    # The key is the finding's *how* even when no request is answered in it (the judge scores
+    # its letters against the planted key); the requests are then all those tried.
+    witness = CipherWitness(cipher.permutation, answered or tuple(r for r, _ in pairs))
     return Verdict(
         p_violation=float(likelihood.max()),
         trigger=witness,

@@ -33,8 +33,8 @@ import torch
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.auditors.text.cipher_probe import assign, public_pairs, verdict_for
-from auditgame.cipher import LETTERS, Cipher, complies
+from auditgame.auditors.text.cipher_probe import assign, verdict_for
+from auditgame.cipher import LETTERS, Cipher, complies, public_pairs
 from auditgame.families.text import TextFamily, text_family
 from auditgame.lm import CausalLM
 from auditgame.registry import auditor
