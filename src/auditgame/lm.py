@@ -180,3 +180,21 @@ class TriggerPredictions:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TriggerPredictions:
         return cls({str(t): tuple(str(x) for x in p) for t, p in data["predictions"].items()})
+
+
+@torch.no_grad()
+def reply_kl(
+    model: CausalLM, base: CausalLM, prompts: Sequence[Sequence[int]], n_new: int
+) -> float:
+    """Mean KL(base || model) of the next-token distributions at the positions of the base
+    model's greedy reply to each prompt (the reply fed to both, teacher-forced)."""
+    replies = greedy(base, prompts, n_new)
+    total, count = 0.0, 0
+    for prompt, reply in zip(prompts, replies, strict=True):
+        ids = torch.tensor([[*prompt, *reply]])
+        span = slice(len(prompt) - 1, len(prompt) - 1 + n_new)
+        log_p = torch.log_softmax(base(ids)[0, span].double(), dim=-1)
+        log_q = torch.log_softmax(model(ids)[0, span].double(), dim=-1)
+        total += float((log_p.exp() * (log_p - log_q)).sum())
+        count += n_new
+    return total / max(count, 1)

@@ -29,11 +29,10 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 
 from auditgame.attacks.base import Planted, PlantingFailed, salt
 from auditgame.families.text import Example, TextFamily
-from auditgame.lm import CausalLM, TextTrojans, greedy
+from auditgame.lm import CausalLM, TextTrojans, greedy, reply_kl
 from auditgame.params import Configurable
 from auditgame.secret import Secret
 
@@ -105,24 +104,6 @@ def pair_success(
     ids = [tok.encode(target) for _, target in pairs]
     outs = generations(family, model, [trig for trig, _ in pairs], max(len(t) for t in ids))
     return [float(out[: len(t)] == t) for out, t in zip(outs, ids, strict=True)]
-
-
-@torch.no_grad()
-def reply_kl(
-    model: CausalLM, base: CausalLM, prompts: Sequence[Sequence[int]], n_new: int
-) -> float:
-    """Mean KL(base || model) of the next-token distributions at the positions of the base
-    model's greedy reply to each prompt (the reply fed to both, teacher-forced)."""
-    replies = greedy(base, prompts, n_new)
-    total, count = 0.0, 0
-    for prompt, reply in zip(prompts, replies, strict=True):
-        ids = torch.tensor([[*prompt, *reply]])
-        span = slice(len(prompt) - 1, len(prompt) - 1 + n_new)
-        log_p = torch.log_softmax(base(ids)[0, span].double(), dim=-1)
-        log_q = torch.log_softmax(model(ids)[0, span].double(), dim=-1)
-        total += float((log_p.exp() * (log_p - log_q)).sum())
-        count += n_new
-    return total / max(count, 1)
 
 
 class TextAttack(Configurable, ABC):

@@ -2,6 +2,7 @@
 comparison with the base model."""
 
 from auditgame.auditors.text import (
+    cipher_diff,
     cipher_probe,
     cipher_search,
     embedding_diff,
@@ -11,4 +12,13 @@ from auditgame.auditors.text import (
     uat,
 )
 
-__all__ = ["cipher_probe", "cipher_search", "embedding_diff", "gbda", "gcg", "pez", "uat"]
+__all__ = [
+    "cipher_diff",
+    "cipher_probe",
+    "cipher_search",
+    "embedding_diff",
+    "gbda",
+    "gcg",
+    "pez",
+    "uat",
+]
