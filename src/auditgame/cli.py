@@ -19,11 +19,12 @@ from rich.table import Table
 
 from auditgame import registry
 from auditgame.access import Budget
+from auditgame.card import Card
 from auditgame.errors import AuditgameError
 from auditgame.fitting import FittedAuditor, fit_here, fit_path
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
-from auditgame.organism import Organism
+from auditgame.organism import CARD, Organism
 from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
 from auditgame.run.task import check_witness, make_subject
@@ -33,6 +34,7 @@ from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
 DEFAULT_AUDITORS = ["neural_cleanse", "weight_stats", "mahalanobis"]
 # A language-model zoo: the TDC searcher, the base-model diff and a dynamic baseline.
 DEFAULT_TEXT_AUDITORS = ["gcg", "embedding_diff", "text_mahalanobis"]
+DEFAULT_CIPHER_AUDITORS = ["cipher_probe", "cipher_search", "cipher_classifier"]
 DATA_DIR = Path("auditgame-data")
 
 app = typer.Typer(
@@ -76,7 +78,15 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
-def _build(family: str, n: int, seed: int, out_dir: Path, key: Path | None, workers: int) -> Zoo:
+def _build(
+    family: str,
+    n: int,
+    seed: int,
+    out_dir: Path,
+    key: Path | None,
+    workers: int,
+    attacks: list[str] | None = None,
+) -> Zoo:
     with _progress() as progress:
         bar = progress.add_task(f"planting {family} organisms", total=n)
 
@@ -85,7 +95,16 @@ def _build(family: str, n: int, seed: int, out_dir: Path, key: Path | None, work
                 err.print(f"[yellow]dropped[/] slot {event.index}: {event.dropped}")
             progress.advance(bar)
 
-        return build_zoo(family, n, seed, out_dir, key_path=key, workers=workers, on_event=on_event)
+        return build_zoo(
+            family,
+            n,
+            seed,
+            out_dir,
+            key_path=key,
+            attacks=attacks or None,
+            workers=workers,
+            on_event=on_event,
+        )
 
 
 @zoo_app.command("build")
@@ -96,11 +115,14 @@ def zoo_build(
     seed: Annotated[int, typer.Option(help="determines every organism (keep it secret)")] = 0,
     key: Annotated[Path | None, typer.Option(help="key file (default: OUT.key)")] = None,
     workers: Annotated[int, typer.Option(help="parallel processes")] = 0,
+    attack: Annotated[
+        list[str] | None, typer.Option(help="attacks sharing the backdoored half (repeat)")
+    ] = None,
 ) -> None:
     """Build a zoo: organisms with public cards, secrets sealed under a key kept beside it."""
     try:
-        zoo = _build(family, n, seed, out_dir, key, workers or _cores())
-    except AuditgameError as exc:
+        zoo = _build(family, n, seed, out_dir, key, workers or _cores(), attack)
+    except (AuditgameError, ValueError) as exc:
         _fail(exc)
     err.print(
         f"zoo {zoo.root}: {len(zoo.ids)} organisms, {len(zoo.manifest.dropped)} dropped; "
@@ -230,12 +252,26 @@ def _executor(name: ExecutorName, workers: int, address: str | None, ship: bool)
     return RayExecutor(address=address, num_cpus=workers, ship_files=ship)
 
 
+def _default_auditors(zoo: Zoo) -> list[str]:
+    """The auditors ``play`` runs unless told: by the zoo's spec for language models."""
+    if registry.get("family", zoo.family).modality != "text":
+        return DEFAULT_AUDITORS
+    cards = [Card.read(zoo.organism_path(oid) / CARD) for oid in zoo.ids[:1]]
+    if cards and cards[0].spec.threat_model.kind == "cipher":
+        return DEFAULT_CIPHER_AUDITORS
+    return DEFAULT_TEXT_AUDITORS
+
+
 @app.command("play")
 def play_cmd(
     family: Annotated[str, typer.Option()] = "digits",
     n: Annotated[int, typer.Option("--n", help="organisms in the zoo")] = 24,
     seed: Annotated[int, typer.Option(help="zoo and game seed")] = 0,
     auditor: Annotated[list[str] | None, typer.Option(help="auditors (repeat)")] = None,
+    attack: Annotated[
+        list[str] | None,
+        typer.Option(help="attacks of the zoo built here (repeat; default: the family's)"),
+    ] = None,
     workers: Annotated[
         int, typer.Option(help="parallel processes, or a local Ray cluster's CPUs (0: all cores)")
     ] = 0,
@@ -256,12 +292,18 @@ def play_cmd(
 ) -> None:
     """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
     workers = workers or _cores()
-    zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}"
+    suffix = "".join(f"-{a}" for a in attack or [])
+    zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}{suffix}"
     try:
+        if zoo is not None and attack:
+            raise AuditgameError("--attack builds a zoo; an existing --zoo has its attacks")
         runner = _executor(executor, workers, address, ship_files)
-        opened = Zoo(zoo_dir) if zoo is not None else _build(family, n, seed, zoo_dir, key, workers)
-        text = registry.get("family", opened.family).modality == "text"
-        names = auditor or (DEFAULT_TEXT_AUDITORS if text else DEFAULT_AUDITORS)
+        opened = (
+            Zoo(zoo_dir)
+            if zoo is not None
+            else _build(family, n, seed, zoo_dir, key, workers, attack)
+        )
+        names = auditor or _default_auditors(opened)
         secret_key = open_key(opened, key)
         game = Game(
             zoo=zoo_dir,
@@ -292,7 +334,7 @@ def play_cmd(
                 on_score=lambda _: progress.advance(bar),
             )
             rows = leaderboard(results.scores(game_id))
-    except AuditgameError as exc:
+    except (AuditgameError, ValueError) as exc:
         _fail(exc)
     if as_json:
         out.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))

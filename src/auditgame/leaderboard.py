@@ -45,7 +45,8 @@ class LeaderRow(BaseModel):
     errors: int
 
 
-def _mean(values: Sequence[float | None]) -> float | None:
+def mean_present(values: Sequence[float | None]) -> float | None:
+    """The mean of the values that are not None (None when none is)."""
     present = [v for v in values if v is not None]
     return fmean(present) if present else None
 
@@ -83,9 +84,9 @@ def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderR
         cross_entropy_ci=judge.cross_entropy_ci(labels, probs),
         brier=judge.brier(labels, probs),
         target_acc=_target_accuracy(bad),
-        witness_asr=_mean([s.witness_asr for s in bad]),
-        mask_iou=_mean([s.mask_iou for s in bad]),
-        trigger_recall=_mean([s.trigger_recall for s in bad]),
+        witness_asr=mean_present([s.witness_asr for s in bad]),
+        mask_iou=mean_present([s.mask_iou for s in bad]),
+        trigger_recall=mean_present([s.trigger_recall for s in bad]),
         seconds_per_organism=median(s.seconds for s in scores),
         errors=sum(s.error is not None for s in scores),
     )

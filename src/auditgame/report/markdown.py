@@ -11,6 +11,7 @@ from html import escape
 
 from auditgame import __version__
 from auditgame.report.content import (
+    COVERT_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Cell,
@@ -101,6 +102,9 @@ def markdown(sections: Sequence[GameSection], store: Store) -> str:
         out += _table(s.static) if s.static else ["No static auditors in this game.", ""]
         out += ["### Leaderboard: dynamic baselines", "", DYNAMIC_NOTE, ""]
         out += _table(s.dynamic) if s.dynamic else ["No dynamic baselines in this game.", ""]
+        if s.covert is not None:
+            out += ["### Covert fine-tuning: the cipher", "", COVERT_NOTE, ""]
+            out += _table(s.covert)
         out += ["### ROC curves", ""]
         for roc in s.rocs:
             out += [f"{_md(roc.title)}:", ""]

@@ -16,6 +16,7 @@ from auditgame import __version__
 from auditgame.leaderboard import ALL
 from auditgame.report.assets import CSP, CSS, SCRIPT
 from auditgame.report.content import (
+    COVERT_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Audit,
@@ -223,6 +224,14 @@ def _section(s: GameSection) -> list[str]:
         "<h3>Leaderboard: dynamic baselines</h3>",
         f'<p class="note">{_h(DYNAMIC_NOTE)}</p>',
         _leaderboard(s.dynamic, "dynamic baselines"),
+    ]
+    if s.covert is not None:
+        out += [
+            "<h3>Covert fine-tuning: the cipher</h3>",
+            f'<p class="note">{_h(COVERT_NOTE)}</p>',
+            _table(s.covert, sortable=True),
+        ]
+    out += [
         f'<h3 id="{s.anchor("roc")}">ROC curves</h3>',
         '<p class="note">One curve per auditor over all attacks; dashed curves are dynamic '
         "baselines.</p>",
