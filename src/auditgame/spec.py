@@ -220,11 +220,14 @@ class TextTriggerThreat(BaseModel):
         tau: float,
     ) -> WitnessCheck:
         """REASR of the witness's candidates on ``model``; inside the threat model when every
-        candidate fits ``max_trigger_tokens`` and names a listed target."""
+        candidate fits ``max_trigger_tokens`` and names a listed target (a witness of another
+        kind, such as a cipher key, is outside it)."""
         from auditgame import registry
         from auditgame.lm import CausalLM, TriggerPredictions, greedy
 
         assert isinstance(model, CausalLM)
+        if witness.get("kind") != "text_predictions":
+            return WitnessCheck(asr=0.0, in_threat_model=False, violates=False)
         fam = registry.get("family", self.family)()
         tok = fam.tokenizer()
         found = TriggerPredictions.from_dict(witness).predictions
