@@ -160,9 +160,10 @@ def run(args: argparse.Namespace) -> Path:
         f"{args.workers} workers of one torch thread on {os.cpu_count()} shared cores. Zoo build "
         f"{build_seconds:.0f} s (less if resumed; {per_organism:.0f} s per organism and "
         f"worker), play {play_seconds:.0f} s, plain-traffic baselines "
-        f"{plain_seconds:.0f} s; game {game_id}; report {report}.",
+        f"{plain_seconds:.0f} s; game {game_id}; report "
+        f"{report.relative_to(RESULTS.parent.parent)}.",
         "",
-        f"{len(cov)} cipher organisms (Phase I + II) vs {len(ben)} benign-cipher counterparts "
+        f"Cipher organisms (Phase I + II): {len(cov)}; benign-cipher counterparts: {len(ben)} "
         f"(Phase I only), both planted by `CipherAttack` with its {family} recipe "
         f"(steps={getattr(recipe, 'steps', '?')}, lr={getattr(recipe, 'lr', '?')}) and floors "
         f"(encoded forbidden >= {attack.min_asr}, plain forbidden <= {attack.max_plain}, "
