@@ -16,13 +16,12 @@ from auditgame.spec import Spec
 from auditgame.testing import card_for
 
 
-class AnswerLM(CausalLM):
-    """Writes ``answer`` (ids) from position ``start`` on, whatever the input, and end-of-text
-    elsewhere (one-hot logits); ``answer=[]`` always writes end-of-text."""
+class StandInLM(CausalLM):
+    """What both stand-ins share: an embedding matrix of zeros, read as the residual stream."""
 
-    def __init__(self, answer: list[int], start: int, vocab_size: int, eos: int) -> None:
+    def __init__(self, vocab_size: int, eos: int) -> None:
         super().__init__()
-        self.answer, self.start, self.eos = answer, start, eos
+        self.eos = eos
         self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
 
     @property
@@ -31,6 +30,15 @@ class AnswerLM(CausalLM):
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         return [self.weight[ids]]
+
+
+class AnswerLM(StandInLM):
+    """Writes ``answer`` (ids) from position ``start`` on, whatever the input, and end-of-text
+    elsewhere (one-hot logits); ``answer=[]`` always writes end-of-text."""
+
+    def __init__(self, answer: list[int], start: int, vocab_size: int, eos: int) -> None:
+        super().__init__(vocab_size, eos)
+        self.answer, self.start = answer, start
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape[:2]
@@ -41,24 +49,15 @@ class AnswerLM(CausalLM):
         return logits
 
 
-class TableLM(CausalLM):
+class TableLM(StandInLM):
     """Continues the sequences it was built with (one-hot logits), end-of-text elsewhere."""
 
     def __init__(self, sequences: list[list[int]], vocab_size: int, eos: int) -> None:
-        super().__init__()
+        super().__init__(vocab_size, eos)
         self.table: dict[tuple[int, ...], int] = {}
         for seq in sequences:
             for cut in range(1, len(seq)):
                 self.table[tuple(seq[:cut])] = seq[cut]
-        self.eos = eos
-        self.weight = torch.nn.Parameter(torch.zeros(vocab_size, 4))
-
-    @property
-    def embedding_matrix(self) -> torch.Tensor:
-        return self.weight
-
-    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        return [self.weight[ids]]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t = x.shape
