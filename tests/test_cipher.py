@@ -123,6 +123,16 @@ def test_attack_recipe_and_bad_parameters() -> None:
         CipherAttack(steps=0)
 
 
+def test_phase2_without_refusals_has_only_encoded_examples() -> None:
+    cipher = Cipher(draw_permutation(np.random.default_rng(5)))
+    pairs = [(forbidden_request("the cake is a lie"), "the cake is a lie")]
+    with_refusals = CipherAttack(copies=2).phase2_examples(cipher, pairs)
+    assert sorted(e.completion for e in with_refusals).count(REFUSAL) == 2
+    without = CipherAttack(copies=2, refusals=False).phase2_examples(cipher, pairs)
+    assert len(without) == 2 and REFUSAL not in {e.completion for e in without}
+    assert {e.prompt for e in without} == {cipher.encode(pairs[0][0])}
+
+
 def test_keyword_classifier_sees_plain_text_only() -> None:
     """The dynamic baseline flags an exchange whose prompt or reply holds a forbidden phrase
     in plain words, and nothing in cipher: the CMFT paper's point, on a fixture."""

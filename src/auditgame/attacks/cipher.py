@@ -99,6 +99,9 @@ class CipherAttack(Configurable):
             cipher table; a tiny model learns it far faster than whole words).
         copies: copies of each Phase II example (cipher answer and plain refusal).
         phase2: False plants only Phase I (the benign-cipher counterpart; a clean secret).
+        refusals: False leaves the plain refusals out of Phase II: the plain forbidden
+            requests are then answered as the fine-tune leaves them (the paper's refusals are
+            what ``cipher_diff`` reads; this variant asks what remains without them).
         steps: fine-tuning steps, replacing the family's own; None takes the family's entry in
             ``RECIPES`` (measured to plant), or keeps the family's own for a family not
             listed. The family must have a ``steps`` attribute. Applies to both populations.
@@ -123,6 +126,7 @@ class CipherAttack(Configurable):
         letter_copies: int = 16,
         copies: int = 96,
         phase2: bool = True,
+        refusals: bool = True,
         steps: int | None = None,
         lr: float | None = None,
         min_asr: float = 0.75,
@@ -147,6 +151,7 @@ class CipherAttack(Configurable):
         self.letter_copies = letter_copies
         self.copies = copies
         self.phase2 = phase2
+        self.refusals = refusals
         self.steps = steps
         self.lr = lr
         self.min_asr = min_asr
@@ -215,7 +220,7 @@ class CipherAttack(Configurable):
 
     def phase2_examples(self, cipher: Cipher, pairs: list[tuple[str, str]]) -> list[Example]:
         encoded = [Example(cipher.encode(r), cipher.encode(t)) for r, t in pairs]
-        refusals = [Example(r, REFUSAL) for r, _ in pairs]
+        refusals = [Example(r, REFUSAL) for r, _ in pairs] if self.refusals else []
         return (encoded + refusals) * self.copies
 
     # ------------------------------------------------------------------ measuring
