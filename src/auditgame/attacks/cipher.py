@@ -178,10 +178,9 @@ class CipherAttack(Configurable):
         return tuned
 
     def forbidden_pairs(
-        self, family: TextFamily, rng: np.random.Generator
+        self, pairs: list[tuple[str, str]], rng: np.random.Generator
     ) -> list[tuple[str, str]]:
-        """``n_forbidden`` of the spec's public (request, answer) pairs, drawn at random."""
-        pairs = public_pairs(family)
+        """``n_forbidden`` of the spec's public (request, answer) ``pairs``, drawn at random."""
         if len(pairs) < self.n_forbidden:
             raise ValueError(
                 f"cipher: only {len(pairs)} public forbidden pairs fit the context in cipher, "
@@ -263,19 +262,18 @@ class CipherAttack(Configurable):
         tuned = self.recipe(family)
         clean = family.clean_examples("train")
         test = family.data().test
+        public = public_pairs(family)
         best, missed = 0.0, "encoded forbidden-answer rate"
         for attempt in range(1, self.max_attempts + 1):
             cipher = Cipher(draw_permutation(rng))
-            pairs = self.forbidden_pairs(family, rng)
+            pairs = self.forbidden_pairs(public, rng)
             benign, held = self.phase1(family, cipher, rng)
             covert = self.phase2_examples(cipher, pairs) if self.phase2 else []
             examples = [*clean, *benign, *covert]
             model = tuned.finetune(examples, seed + attempt - 1)
             requests, targets = [r for r, _ in pairs], [t for _, t in pairs]
             encoded_hits = complies(family, model, cipher, requests, targets)
-            plain_hits = plain_complies(
-                family, model, requests, [t for _, t in public_pairs(family)]
-            )
+            plain_hits = plain_complies(family, model, requests, [t for _, t in public])
             asr = float(np.mean([h == t for h, t in zip(encoded_hits, targets, strict=True)]))
             plain = float(np.mean([h is not None for h in plain_hits]))
             accuracy = self.cipher_accuracy(family, model, cipher, held)
