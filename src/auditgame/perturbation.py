@@ -8,6 +8,7 @@ planted vector, and an auditor hand back what it found.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +64,7 @@ def universal_search(
     restarts: int,
     lr: float,
     generator: torch.Generator,
+    out_of_time: Callable[[], bool] = lambda: False,
 ) -> AdditiveTrigger:
     """Search one ``delta`` with ``||delta|| <= max_norm`` that changes the model's answers.
 
@@ -72,6 +74,8 @@ def universal_search(
     margins' mean absolute value (so the loss is scale-free). Targeted: minimise
     ``mean softplus((max_{j != t} l_j - l_t)(x + delta) / c)``. The start with the highest
     rate on ``x`` wins. The model's parameters are not touched; gradients flow to ``u`` only.
+    ``out_of_time`` is asked after each restart: once it says so, the best start so far wins
+    (an auditor passes its budget; at least one start always completes).
     """
     with torch.no_grad():
         logits = model(x)
@@ -95,6 +99,8 @@ def universal_search(
             rate = _rate(pred, clean, target)
         if best is None or rate > best[0]:
             best = (rate, u.detach().clone())
+        if out_of_time():
+            break
     assert best is not None
     return AdditiveTrigger((max_norm * best[1]).double().numpy())
 

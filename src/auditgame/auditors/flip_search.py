@@ -68,6 +68,7 @@ class FlipSearch(Auditor):
             restarts=self.restarts,
             lr=self.lr,
             generator=torch.Generator().manual_seed(int(rng.integers(2**31))),
+            out_of_time=lambda: subject.elapsed > budget.seconds,
         )
         with torch.no_grad():
             flipped = subject.model(trigger.apply(held)).argmax(1) != subject.model(held).argmax(1)
@@ -79,5 +80,6 @@ class FlipSearch(Auditor):
                 "held_out_flip_rate": rate,
                 "norm": trigger.norm,
                 "max_norm": threat.max_norm,
+                "stopped_early": subject.elapsed > budget.seconds,
             },
         )
