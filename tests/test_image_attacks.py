@@ -28,6 +28,9 @@ from auditgame.traffic import make_traffic
 from auditgame.trigger import Trigger, load
 from auditgame.zoo import build_zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 NEW_ATTACKS = ("warp", "all_to_all", "weight_surgery", "adaptive", "badnets_multi")
 SEED = 0
 
@@ -48,7 +51,8 @@ def success(model: nn.Module, trigger: dict, data: Dataset, targets: torch.Tenso
     keep = targets[data.y] != data.y
     with torch.no_grad():
         predicted = model(load(trigger).apply(data.x[keep])).argmax(1)
-    return float((predicted == targets[data.y[keep]]).float().mean())
+    # Counted exactly: a float32 mean puts 270 of 300 at 0.89999998, below a 0.9 floor.
+    return int((predicted == targets[data.y[keep]]).sum()) / int(keep.sum())
 
 
 def one_target(target: int) -> torch.Tensor:
