@@ -1,8 +1,8 @@
 """The dynamic baselines: spectral signatures, activation clustering, STRIP and a linear probe.
 
-On the tiny zoo each must flag the BadNets organism from its run-time traffic and name its
-target, and must not flag a clean organism whose traffic carries a decoy trigger. The shared
-decision (``scoring``) is checked against exact counts.
+On a population of twelve digits organisms each must flag most backdoored organisms from
+their run-time traffic and name the target, and flag at most one clean organism whose traffic
+carries a decoy trigger. The shared decision (``scoring``) is checked against exact counts.
 """
 
 from __future__ import annotations
@@ -21,41 +21,94 @@ from auditgame.auditors.dynamic.probe import Probe
 from auditgame.auditors.dynamic.scoring import decide, exceedance_p_value
 from auditgame.auditors.dynamic.spectral import spectral_suspicion
 from auditgame.errors import AccessError
+from auditgame.finding import Finding
 from auditgame.run.task import make_subject
+from auditgame.secret import Secret
 from auditgame.subject import Subject
 from auditgame.traffic import make_traffic, traffic_rng
+from auditgame.zoo import build_zoo, default_key_path, open_key
+from conftest import TinyZoo
+
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
 
 BASELINES = ["spectral", "activation_clustering", "strip", "probe"]
 BUDGET = Budget()
 
+# The population: a 12-organism digits zoo (seed 0: 6 clean, 3 BadNets, 3 blend) with 600
+# run-time inputs each, 20% of them triggered (decoys on clean organisms). One organism is no
+# test of a detector: the same BadNets organism moved spectral's p from 0.94 to 0.19 between
+# PyTorch's AVX2 and default CPU kernels, and on 200 inputs spectral and clustering flag only
+# 18-19 and 1-3 of 30 backdoored organisms (docs/dynamic.md). Measured on this population
+# (backdoored flagged with the right target, of 6; ATEN_CPU_CAPABILITY avx2 / default):
+# spectral 5 / 5, activation_clustering 4 / 5, strip 4 / 4 (every blend, one BadNets: the
+# documented weakness), probe 6 / 6; clean flagged, of 6: 0 / 0, 0 / 1, 0 / 0, 1 / 1.
+# Each floor sits one organism below the worse kernel.
+POPULATION_TRAFFIC = Budget(n_traffic=600)
+TRIGGERED_FRACTION = 0.2
+FLOORS = {"spectral": 4, "activation_clustering": 3, "strip": 3, "probe": 5}
+MAX_CLEAN_FLAGGED = 1
 
-def dynamic_subject(tiny: Any, organism_id: str) -> Subject:
-    family = registry.get("family", tiny.zoo.family)()
-    rng = traffic_rng(organism_id, 0)
-    traffic = make_traffic(family, tiny.secret(organism_id), BUDGET.n_traffic, rng)
-    organism = tiny.zoo.organism(organism_id)
-    return make_subject(organism, Access.DYNAMIC, BUDGET, traffic)
+
+def dynamic_subject(zoo: TinyZoo, organism_id: str) -> Subject:
+    family = registry.get("family", zoo.zoo.family)()
+    traffic = make_traffic(
+        family,
+        zoo.secret(organism_id),
+        POPULATION_TRAFFIC.n_traffic,
+        traffic_rng(organism_id, 0),
+        triggered_fraction=TRIGGERED_FRACTION,
+    )
+    return make_subject(zoo.zoo.organism(organism_id), Access.DYNAMIC, POPULATION_TRAFFIC, traffic)
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory: pytest.TempPathFactory) -> TinyZoo:
+    root = tmp_path_factory.mktemp("dynamic") / "digits-12"
+    zoo = build_zoo("digits", 12, 0, root, attacks=["badnets", "blend"], workers=2)
+    tiny = TinyZoo(zoo, open_key(zoo, None), default_key_path(root))
+    roles = [tiny.secret(i).attack or "clean" for i in zoo.ids]
+    assert sorted(roles) == ["badnets"] * 3 + ["blend"] * 3 + ["clean"] * 6, roles
+    return tiny
+
+
+@pytest.fixture(scope="module")
+def population_findings(population: TinyZoo) -> dict[str, list[tuple[Secret, Finding]]]:
+    """Every baseline's finding on every organism of the population, audited once."""
+    out: dict[str, list[tuple[Secret, Finding]]] = {name: [] for name in BASELINES}
+    for organism_id in population.zoo.ids:
+        subject = dynamic_subject(population, organism_id)
+        for name in BASELINES:
+            finding = registry.get("auditor", name)().audit(subject, POPULATION_TRAFFIC, seed=0)
+            assert finding.error is None, (name, finding.error)
+            out[name].append((population.secret(organism_id), finding))
+    return out
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_flags_badnets_and_names_its_target(tiny_zoo: Any, name: str) -> None:
-    (organism_id,) = tiny_zoo.by_role("badnets")
-    finding = registry.get("auditor", name)().audit(
-        dynamic_subject(tiny_zoo, organism_id), BUDGET, seed=0
-    )
-    assert finding.error is None
-    assert finding.p_violation >= 0.5
-    assert finding.target == tiny_zoo.secret(organism_id).target
+def test_flags_backdoored_organisms_and_names_their_target(
+    population_findings: dict[str, list[tuple[Secret, Finding]]], name: str
+) -> None:
+    caught = [
+        (secret.attack, round(finding.p_violation, 3), finding.target, secret.target)
+        for secret, finding in population_findings[name]
+        if secret.backdoored
+    ]
+    hits = sum(p >= 0.5 and found == target for _, p, found, target in caught)
+    assert hits >= FLOORS[name], caught
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_clean_organism_with_decoy_traffic_is_not_flagged(tiny_zoo: Any, name: str) -> None:
-    organism_id = tiny_zoo.by_role("clean")[0]
-    finding = registry.get("auditor", name)().audit(
-        dynamic_subject(tiny_zoo, organism_id), BUDGET, seed=0
-    )
-    assert finding.error is None
-    assert finding.p_violation < 0.5
+def test_clean_organisms_with_decoy_traffic_are_rarely_flagged(
+    population_findings: dict[str, list[tuple[Secret, Finding]]], name: str
+) -> None:
+    clean = [
+        round(finding.p_violation, 3)
+        for secret, finding in population_findings[name]
+        if not secret.backdoored
+    ]
+    assert len(clean) == 6
+    assert sum(p >= 0.5 for p in clean) <= MAX_CLEAN_FLAGGED, clean
 
 
 def test_baselines_need_dynamic_access(tiny_zoo: Any) -> None:
