@@ -27,6 +27,9 @@ from auditgame.spec import TextTriggerThreat
 from auditgame.subject import Subject
 from auditgame.testing import card_for
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 
 VOCAB, BOS = 48, 0
@@ -104,13 +107,26 @@ SEARCHES = {
 }
 
 
+# Six searches from six seeds, of which at least three must elicit the target: a blind guess
+# does so with probability 1/59,319 per search. One seed is no test: PEZ's seed-0 search ended
+# one token off ([19, 26, 33]) under both AVX2 and default CPU kernels, and seed 4 succeeded
+# under one kernel only. Measured (successes of 6, AVX2 / default): PEZ 4 / 5, GBDA 5 / 5.
+SEARCH_SEEDS = range(6)
+MIN_SUCCESSES = 3
+
+
 @pytest.mark.parametrize("name", SEARCHES)
 def test_search_elicits_the_planted_target(model: EchoLM, name: str) -> None:
     search = SEARCHES[name]
-    found = search.search(problem(model), np.random.default_rng(0))
-    best, loss = min(found, key=lambda c: c[1])
-    assert loss == pytest.approx(float(problem(model).loss(torch.tensor([best]))[0]), abs=1e-4)
-    assert greedy(model, [[BOS, *best]], len(TARGET)) == [TARGET]
+    successes = []
+    for seed in SEARCH_SEEDS:
+        found = search.search(problem(model), np.random.default_rng(seed))
+        best, loss = min(found, key=lambda c: c[1])
+        reported = float(problem(model).loss(torch.tensor([best]))[0])
+        assert loss == pytest.approx(reported, abs=1e-4)
+        if greedy(model, [[BOS, *best]], len(TARGET)) == [TARGET]:
+            successes.append(seed)
+    assert len(successes) >= MIN_SUCCESSES, successes
 
 
 @pytest.mark.parametrize("name", SEARCHES)
