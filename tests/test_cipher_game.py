@@ -45,6 +45,9 @@ from auditgame.text_traffic import text_traffic
 from auditgame.zoo import build_zoo, open_key, zoo_spec
 from cipher_models import cipher_card, table_model
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 KEY = "qwertyuiopasdfghjklzxcvbnm"
 
@@ -204,7 +207,9 @@ def test_cipher_diff_sees_a_canned_reply_the_base_model_did_not_give() -> None:
 
     same = audit(copy.deepcopy(base))
     assert same.p_violation == 0.0
-    assert same.evidence["modal_share"] == same.evidence["base_modal_share"] < 0.5
+    # The base model does not give one reply to all 29 requests (its most common reply's share
+    # depends on the base pretrained on this machine: measured 0.59 under AVX2 kernels).
+    assert same.evidence["modal_share"] == same.evidence["base_modal_share"] < 0.9
     refusing = audit(table_model(fam, [(r, REFUSAL) for r in requests]))
     assert refusing.evidence["modal_reply"] == REFUSAL and refusing.evidence["modal_share"] == 1.0
     assert refusing.p_violation == pytest.approx(1.0 - same.evidence["base_modal_share"])
