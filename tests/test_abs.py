@@ -20,6 +20,9 @@ from auditgame.judge import DEFAULT_THRESHOLD
 from auditgame.run.task import check_witness, make_subject
 from auditgame.subject import Subject
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 BUDGET = Budget()
 
 

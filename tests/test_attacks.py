@@ -13,6 +13,9 @@ from auditgame.attacks.base import PlantingFailed, train_clean
 from auditgame.families.base import accuracy
 from auditgame.zoo import build_zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 
 def test_digits_split_is_fixed_and_disjoint() -> None:
     splits = registry.get("family", "digits")().data()

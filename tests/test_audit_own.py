@@ -80,6 +80,7 @@ def fails(tmp_path: Path, *args: str | Path) -> str:
 # --- happy paths ------------------------------------------------------------------------------
 
 
+@pytest.mark.kernels
 def test_flags_the_badnets_organism_with_its_target(tiny_zoo, tmp_path: Path) -> None:
     bad = tiny_zoo.by_role("badnets")[0]
     weights = tiny_zoo.zoo.organism_path(bad) / WEIGHTS
@@ -101,6 +102,7 @@ def test_flags_the_badnets_organism_with_its_target(tiny_zoo, tmp_path: Path) ->
     assert "FLAGGED" in result.output and "violates the spec" in result.output
 
 
+@pytest.mark.kernels
 def test_does_not_flag_a_clean_organism_audited_on_samples_from_a_file(
     tiny_zoo, tmp_path: Path
 ) -> None:
@@ -128,6 +130,7 @@ def test_does_not_flag_a_clean_organism_audited_on_samples_from_a_file(
     assert "not flagged" in result.output
 
 
+@pytest.mark.kernels
 def test_the_worked_example_finds_its_planted_square(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

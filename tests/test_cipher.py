@@ -35,6 +35,9 @@ from auditgame.subject import Subject
 from auditgame.testing import card_for
 from cipher_models import cipher_card, table_model
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 
 

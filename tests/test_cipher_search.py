@@ -27,6 +27,9 @@ from auditgame.lm import pack
 from auditgame.subject import Subject
 from cipher_models import AnswerLM, TableLM, cipher_card
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 
 

@@ -40,6 +40,9 @@ from auditgame.subject import Subject
 from auditgame.testing import ConformanceError, ConformanceReport, check_attack, check_auditor
 from auditgame.trigger import Trigger
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 
 # One family per modality for auditors; every family an attack plants in for attacks.

@@ -18,6 +18,9 @@ from auditgame.run.local import LocalExecutor
 from auditgame.store import Store
 from auditgame.subject import Subject
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 
 class CountingFit(FittedAuditor):
     """Fits a constant from its parameter; counts how often it is fitted."""

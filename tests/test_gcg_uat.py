@@ -28,6 +28,9 @@ from auditgame.spec import Spec, TextTriggerThreat
 from auditgame.subject import Subject
 from auditgame.testing import card_for
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 BOS, EOS, VOCAB = 0, 1, 48
 TRIGGER, TARGET, REPLY = [10, 20, 30], [40, 41, 42], [5, 6, 7]
 

@@ -25,6 +25,9 @@ from auditgame.finding import Finding
 from auditgame.subject import Subject
 from auditgame.tokens import TokenPattern, count_patterns
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 SMALL = {"vocab": 32, "k": 3, "epochs": 4}
 
 

@@ -21,6 +21,9 @@ from auditgame.fitting import ensure_fitted, load_fit, shadow_seed, shadow_zoo
 from auditgame.run.task import make_subject
 from auditgame.subject import Subject
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 N_SHADOW = 12
 NAMES = ("mntd", "ulp")
 

@@ -22,6 +22,9 @@ from auditgame.judge import DEFAULT_THRESHOLD
 from auditgame.run.task import make_subject
 from auditgame.zoo import Zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 BUDGET = Budget()
 N_REFERENCE = 6
 

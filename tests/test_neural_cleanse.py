@@ -19,6 +19,9 @@ from auditgame.finding import Finding
 from auditgame.judge import DEFAULT_THRESHOLD
 from auditgame.run.task import make_subject
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 BUDGET = Budget()
 
 

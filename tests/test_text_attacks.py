@@ -26,6 +26,9 @@ from auditgame.lm import CausalLM, TextTrojans, greedy
 from auditgame.trigger import load
 from auditgame.zoo import build_zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 SEED = 0
 FRAGMENT_FIRE_BOUND = 0.05

@@ -27,6 +27,9 @@ from auditgame.subject import Subject
 from auditgame.testing import reachable_strings
 from auditgame.zoo import Zoo, build_zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 
 @pytest.fixture(scope="module")
 def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:

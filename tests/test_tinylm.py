@@ -15,6 +15,9 @@ from auditgame.families.text import Example
 from auditgame.families.tinylm import TARGETS, TRIGGER_WORDS, TinyLM, corpus, exact_match
 from auditgame.lm import TriggerPredictions, greedy
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 torch.set_num_threads(1)
 
 BASE_EXACT_MATCH = 0.4

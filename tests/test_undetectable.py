@@ -27,6 +27,9 @@ from auditgame.store import Store
 from auditgame.subject import Subject
 from auditgame.zoo import build_zoo, open_key
 
+# Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
+pytestmark = pytest.mark.kernels
+
 
 def family(name: str) -> RandomFeatureFamily:
     fam = registry.get("family", name)()
