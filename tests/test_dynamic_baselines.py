@@ -7,6 +7,7 @@ carries a decoy trigger. The shared decision (``scoring``) is checked against ex
 
 from __future__ import annotations
 
+from concurrent.futures import ProcessPoolExecutor
 from math import comb
 from typing import Any
 
@@ -26,6 +27,7 @@ from auditgame.run.task import make_subject
 from auditgame.secret import Secret
 from auditgame.subject import Subject
 from auditgame.traffic import make_traffic, traffic_rng
+from auditgame.workers import configure_worker, mp_context
 from auditgame.zoo import build_zoo, default_key_path, open_key
 from conftest import TinyZoo
 
@@ -72,14 +74,25 @@ def population(tmp_path_factory: pytest.TempPathFactory) -> TinyZoo:
     return tiny
 
 
+def audit_organism(zoo: TinyZoo, organism_id: str) -> dict[str, Finding]:
+    """Every baseline's finding on one organism (run in a worker process)."""
+    subject = dynamic_subject(zoo, organism_id)
+    return {
+        name: registry.get("auditor", name)().audit(subject, POPULATION_TRAFFIC, seed=0)
+        for name in BASELINES
+    }
+
+
 @pytest.fixture(scope="module")
 def population_findings(population: TinyZoo) -> dict[str, list[tuple[Secret, Finding]]]:
-    """Every baseline's finding on every organism of the population, audited once."""
+    """Every baseline's finding on every organism of the population, audited once, on two
+    worker processes of one torch thread each (as a game runs them)."""
+    ids = population.zoo.ids
+    with ProcessPoolExecutor(2, mp_context=mp_context(), initializer=configure_worker) as pool:
+        found = list(pool.map(audit_organism, [population] * len(ids), ids))
     out: dict[str, list[tuple[Secret, Finding]]] = {name: [] for name in BASELINES}
-    for organism_id in population.zoo.ids:
-        subject = dynamic_subject(population, organism_id)
-        for name in BASELINES:
-            finding = registry.get("auditor", name)().audit(subject, POPULATION_TRAFFIC, seed=0)
+    for organism_id, findings in zip(ids, found, strict=True):
+        for name, finding in findings.items():
             assert finding.error is None, (name, finding.error)
             out[name].append((population.secret(organism_id), finding))
     return out
