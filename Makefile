@@ -26,14 +26,18 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy
 
+# Two processes, one test file each at a time (--dist loadfile keeps a module's fixtures in one
+# process): 6 minutes instead of 9 on 2 cores.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+
 test: lint chromium
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 # PyTorch picks its CPU kernels at run time (AVX-512, AVX2 or none), and training results differ
 # in the last bits between them. The tests that train or optimise (marked `kernels`) run once
 # more under the portable kernels, so a test that holds only on this machine's kernels fails here.
 test-kernels: $(STAMP)
-	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -m 'kernels and not slow'
+	ATEN_CPU_CAPABILITY=default $(PYTEST) -m 'kernels and not slow'
 
 # tests/test_browser.py opens the HTML report in headless chromium through chromedriver; it
 # fails (never skips) without them, so install Debian's packages when either is missing.
