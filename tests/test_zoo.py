@@ -11,9 +11,20 @@ import torch
 from safetensors.torch import save_file
 
 from auditgame.errors import ZooError
+from auditgame.game import AuditorSpec, Game, play
 from auditgame.organism import WEIGHTS, Organism, build_model, read_weights
+from auditgame.run.local import LocalExecutor
 from auditgame.secret import PAD_BLOCK, new_key
-from auditgame.zoo import MANIFEST, Manifest, Zoo, build_zoo, open_key
+from auditgame.store import Store
+from auditgame.zoo import (
+    MANIFEST,
+    Manifest,
+    Zoo,
+    build_fingerprint,
+    build_zoo,
+    manifest_mac,
+    open_key,
+)
 
 
 @pytest.fixture
@@ -79,6 +90,22 @@ def test_build_is_deterministic_and_resumes(tmp_path: Path) -> None:
     resumed = build_zoo("digits", 2, 5, tmp_path / "b", on_event=events.append)
     assert resumed.ids == first_zoo.ids
     assert [e.index for e in events] == [manifest.indices[1]]
+
+
+def test_a_zoo_built_without_a_seed_cannot_be_rebuilt_from_its_public_files(
+    tmp_path: Path,
+) -> None:
+    """The build's seed comes from the key: its public fingerprint matches no guessable seed,
+    the same key builds (or resumes) the same zoo, and another key builds other organisms."""
+    zoo = build_zoo("digits", 2, None, tmp_path / "a")
+    attacks = zoo.manifest.attacks
+    assert zoo.manifest.build_fingerprint == build_fingerprint("digits", 2, None, attacks)
+    guessed = {build_fingerprint("digits", 2, seed, attacks) for seed in range(100_000)}
+    assert zoo.manifest.build_fingerprint not in guessed
+    same_key = build_zoo("digits", 2, None, tmp_path / "b", key_path=tmp_path / "a.key")
+    assert same_key.ids == zoo.ids
+    other_key = build_zoo("digits", 2, None, tmp_path / "c")
+    assert set(other_key.ids).isdisjoint(zoo.ids)
 
 
 def test_a_folder_built_with_other_arguments_is_refused(tiny_zoo) -> None:
@@ -198,6 +225,50 @@ def test_wrong_key(zoo_copy: Zoo, tmp_path: Path) -> None:
         open_key(zoo_copy, other)
     with pytest.raises(ZooError, match="fails authentication"):
         zoo_copy.secret(zoo_copy.ids[0], other.read_bytes())
+
+
+def edit_manifest(zoo: Zoo, **changes: object) -> Zoo:
+    path = zoo.root / MANIFEST
+    manifest = Manifest.model_validate_json(path.read_bytes())
+    path.write_text(manifest.model_copy(update=changes).model_dump_json())
+    return Zoo(zoo.root)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        "drop an organism",
+        "change the family",
+        "change the attacks",
+        "re-sign under another key",
+        "remove the code",
+    ],
+)
+def test_an_edited_manifest_is_refused_by_the_key_holder(
+    zoo_copy: Zoo, tiny_zoo, tmp_path: Path, change: str
+) -> None:
+    """zoo.json is public and writable; the referee (who holds the key) opens a zoo only if its
+    manifest carries the authentication code the build wrote under the key."""
+    key_path = tmp_path / "copy.key"
+    assert open_key(zoo_copy, key_path) == tiny_zoo.key
+    manifest = zoo_copy.manifest
+    if change == "drop an organism":
+        edited = edit_manifest(
+            zoo_copy, organisms=manifest.organisms[1:], indices=manifest.indices[1:]
+        )
+    elif change == "change the family":
+        edited = edit_manifest(zoo_copy, family="mnist")
+    elif change == "change the attacks":
+        edited = edit_manifest(zoo_copy, attacks=["badnets"])
+    elif change == "re-sign under another key":
+        edited = edit_manifest(zoo_copy, mac=manifest_mac(manifest, new_key()))
+    else:
+        edited = edit_manifest(zoo_copy, mac="")
+    with pytest.raises(ZooError, match="authentication code"):
+        open_key(edited, key_path)
+    game = Game(zoo=edited.root, auditors=[AuditorSpec(name="weight_stats")])
+    with Store(tmp_path / "r.sqlite") as store, pytest.raises(ZooError, match="authentication"):
+        play(game, tiny_zoo.key, store, LocalExecutor(workers=1))
 
 
 def test_missing_and_malformed_key(zoo_copy: Zoo, tmp_path: Path) -> None:

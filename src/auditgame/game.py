@@ -95,6 +95,7 @@ def play(
     store); the fit never sees the zoo or its secrets.
     """
     zoo = Zoo(game.zoo)
+    zoo.check_key(key)
     family = registry.get("family", zoo.family)()
     auditors = {spec.name: registry.get("auditor", spec.name) for spec in game.auditors}
     game_id = game.id

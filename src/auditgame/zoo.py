@@ -2,15 +2,18 @@
 
 Layout::
 
-    ZOO/zoo.json                     manifest: family, organism ids, dropped plantings
+    ZOO/zoo.json                     manifest: family, organism ids, dropped plantings, its HMAC
     ZOO/organisms/<id>/card.json     public card (its hash is <id>)
     ZOO/organisms/<id>/weights.safetensors
     ZOO/sealed/<id>.secret           Fernet-encrypted secret, padded to a fixed size
     ZOO.key                          the key, beside the folder, never inside it
 
-Building is deterministic: the same family, size, attacks and seed give the same organisms
-and ids. Everything about which organism is backdoored follows from the seed, so the seed is
-as secret as the key: build a zoo you publish from a high-entropy seed. An interrupted build
+Everything about which organism is backdoored follows from the build's seed, so the seed is
+as secret as the key. Without a seed (the command line's default) the build draws it from the
+key (``keyed_seed``): the zoo cannot be rebuilt from its public files, and an interrupted
+build resumes with the same key. With a seed (``--seed``, for research zoos anyone can
+rebuild) the build is deterministic: the same family, size, attacks and seed give the same
+organisms and ids, and whoever guesses the seed knows every secret. An interrupted build
 resumes: organisms already written are verified and kept, and the manifest says which build
 they belong to by a fingerprint of its arguments.
 """
@@ -18,6 +21,7 @@ they belong to by a fingerprint of its arguments.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -73,15 +77,33 @@ class Manifest(BaseModel):
     # traffic for clean organisms is drawn from the same attacks.
     attacks: list[str] = []
     auditgame_version: str = __version__
+    # HMAC-SHA256 under the zoo's key of every other field (``manifest_mac``): whoever holds
+    # no key cannot drop an organism, add one or change the family unnoticed by the referee.
+    mac: str = ""
 
 
 def default_key_path(root: Path) -> Path:
     return root.parent / f"{root.name}.key"
 
 
-def build_fingerprint(family: str, n: int, seed: int, attacks: Sequence[str]) -> str:
-    text = json.dumps([family, n, seed, list(attacks)])
+def build_fingerprint(family: str, n: int, seed: int | None, attacks: Sequence[str]) -> str:
+    """A public hash of a build's arguments; a keyed build (``seed=None``) hashes the word
+    "keyed" instead of its seed, so the manifest gives no seed away."""
+    text = json.dumps([family, n, "keyed" if seed is None else seed, list(attacks)])
     return hashlib.sha256(b"auditgame-build:" + text.encode()).hexdigest()[:16]
+
+
+def keyed_seed(key: bytes) -> int:
+    """The seed of a build given none: 63 bits of HMAC-SHA256 under the zoo's key, so only the
+    key holder can rebuild (or resume) the zoo."""
+    digest = hmac.new(b"auditgame-build-seed:" + key, b"", hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def manifest_mac(manifest: Manifest, key: bytes) -> str:
+    """HMAC-SHA256, under ``key``, of the manifest's canonical JSON without its ``mac``."""
+    body = json.dumps(manifest.model_dump(exclude={"mac"}), sort_keys=True).encode()
+    return hmac.new(b"auditgame-manifest:" + key, body, hashlib.sha256).hexdigest()
 
 
 def plan_roles(n: int, attacks: Sequence[str], rng: np.random.Generator) -> list[str]:
@@ -182,9 +204,25 @@ class Zoo:
             raise ZooError(self.root / MANIFEST, f"no organism {organism_id!r} in this zoo")
         return Organism.open(self.organism_path(organism_id))
 
-    def check_key(self, key: bytes, key_path: Path) -> None:
+    def check_key(self, key: bytes, key_path: Path | None = None) -> None:
+        """The key opens this zoo, and the manifest is the one the build wrote under it.
+
+        Raises:
+            ZooError: another zoo's key, or a manifest changed (or written by a version that
+                did not authenticate it) since the build.
+        """
         if key_fingerprint(key) != self.manifest.key_fingerprint:
-            raise ZooError(key_path, "this key does not open this zoo (fingerprint differs)")
+            raise ZooError(
+                key_path or self.root, "this key does not open this zoo (fingerprint differs)"
+            )
+        if not hmac.compare_digest(self.manifest.mac, manifest_mac(self.manifest, key)):
+            raise ZooError(
+                self.root / MANIFEST,
+                "zoo.json does not match its authentication code under the key: it was "
+                "changed after the build (an organism dropped or added, the family or the "
+                "attacks edited), or written before manifests were authenticated",
+                "rebuild the zoo with `auditgame zoo build`",
+            )
 
     def secret(self, organism_id: str, key: bytes) -> Secret:
         """Unseal one secret; for the judge and the report, never for an auditor."""
@@ -204,7 +242,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def build_zoo(
     family: str,
     n: int,
-    seed: int,
+    seed: int | None,
     out: Path,
     *,
     key_path: Path | None = None,
@@ -218,7 +256,8 @@ def build_zoo(
         family: registered family name.
         n: organisms to plant; a planting that fails its success floor is dropped and listed
             in the manifest, so the zoo may hold fewer.
-        seed: determines every organism, hence the ids.
+        seed: determines every organism, hence the ids; None draws it from the key
+            (``keyed_seed``), so that the public files do not let anyone rebuild the zoo.
         out: the zoo folder.
         key_path: where the sealing key lives (default: ``out`` + ``.key``, beside it).
         attacks: attack names sharing the backdoored half (default: the family's
@@ -256,9 +295,10 @@ def build_zoo(
     for sub in ("organisms", "sealed"):
         (out / sub).mkdir(parents=True, exist_ok=True)
 
-    rng = np.random.default_rng(seed)
+    build_seed = keyed_seed(key) if seed is None else seed
+    rng = np.random.default_rng(build_seed)
     roles = plan_roles(n, attacks, rng)
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(n)]
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(build_seed).spawn(n)]
     fam = fam_cls()
     spec = zoo_spec(fam, attacks)
     slots: list[str | None] = [None] * n
@@ -282,6 +322,7 @@ def build_zoo(
             complete=complete,
             attacks=list(attacks),
         )
+        manifest.mac = manifest_mac(manifest, key)
         _atomic_write(manifest_path, manifest.model_dump_json(indent=2).encode())
 
     def finish(state: dict[str, torch.Tensor], secret: Secret) -> str:
