@@ -9,6 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from auditgame.cli import app
+from auditgame.zoo import build_fingerprint
 
 runner = CliRunner()
 
@@ -25,13 +26,15 @@ def test_list_shows_auditors_with_their_access() -> None:
 
 
 def test_zoo_build_writes_a_zoo_and_its_key_beside_it(tmp_path: Path) -> None:
+    """Without --seed the build's seed comes from the key: the public manifest names none."""
     result = runner.invoke(
-        app,
-        ["zoo", "build", "--n", "2", "--seed", "9", "--out", str(tmp_path / "z"), "--workers", "1"],
+        app, ["zoo", "build", "--n", "2", "--out", str(tmp_path / "z"), "--workers", "1"]
     )
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "z" / "zoo.json").is_file()
     assert (tmp_path / "z.key").is_file()
+    manifest = json.loads((tmp_path / "z" / "zoo.json").read_text())
+    keyed = build_fingerprint("digits", 2, None, manifest["attacks"])
+    assert manifest["build_fingerprint"] == keyed
 
 
 def test_zoo_build_takes_the_attacks_and_mixing_specs_is_refused(tmp_path: Path) -> None:

@@ -81,7 +81,7 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
 def _build(
     family: str,
     n: int,
-    seed: int,
+    seed: int | None,
     out_dir: Path,
     key: Path | None,
     workers: int,
@@ -112,7 +112,13 @@ def zoo_build(
     out_dir: Annotated[Path, typer.Option("--out", help="zoo folder to create")],
     family: Annotated[str, typer.Option(help="model family")] = "digits",
     n: Annotated[int, typer.Option("--n", help="organisms; half are backdoored")] = 24,
-    seed: Annotated[int, typer.Option(help="determines every organism (keep it secret)")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="determines every organism, so anyone who knows it knows every secret "
+            "(default: drawn from the key)"
+        ),
+    ] = None,
     key: Annotated[Path | None, typer.Option(help="key file (default: OUT.key)")] = None,
     workers: Annotated[int, typer.Option(help="parallel processes")] = 0,
     attack: Annotated[
@@ -266,7 +272,13 @@ def _default_auditors(zoo: Zoo) -> list[str]:
 def play_cmd(
     family: Annotated[str, typer.Option()] = "digits",
     n: Annotated[int, typer.Option("--n", help="organisms in the zoo")] = 24,
-    seed: Annotated[int, typer.Option(help="zoo and game seed")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="zoo and game seed; a zoo built from a known seed keeps no secret (default: "
+            "the zoo's seed drawn from its key, game seed 0)"
+        ),
+    ] = None,
     auditor: Annotated[list[str] | None, typer.Option(help="auditors (repeat)")] = None,
     attack: Annotated[
         list[str] | None,
@@ -293,7 +305,8 @@ def play_cmd(
     """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
     workers = workers or _cores()
     suffix = "".join(f"-{a}" for a in attack or [])
-    zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-s{seed}{suffix}"
+    built = "keyed" if seed is None else f"s{seed}"
+    zoo_dir = zoo or DATA_DIR / "zoos" / f"{family}-n{n}-{built}{suffix}"
     try:
         if zoo is not None and attack:
             raise AuditgameError("--attack builds a zoo; an existing --zoo has its attacks")
@@ -309,7 +322,7 @@ def play_cmd(
             zoo=zoo_dir,
             auditors=[AuditorSpec(name=a) for a in names],
             budget=Budget(seconds=seconds),
-            seed=seed,
+            seed=seed or 0,
         )
         with Store(store) as results, _progress() as progress:
             playing = [a for a in names if registry.get("auditor", a).supports(opened.family)]
