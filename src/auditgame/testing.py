@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
 
 from auditgame import __version__, judge, registry
 from auditgame.access import Access, Budget
@@ -75,8 +76,6 @@ def _one_thread() -> Iterator[None]:
     thread's CPU time is the auditor's whole work. The process's CPU time is not: it counts
     every thread of the process (the probe, 0.08 s of CPU alone, measured 0.3 s of process
     time twice in a row inside a pytest-xdist worker on a loaded 2-core machine)."""
-    from threadpoolctl import threadpool_limits
-
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
