@@ -90,9 +90,10 @@ def test_embedding_diff_finds_a_moved_token_and_flags_the_trojaned_fine_tune(
 
     Where the planted trigger words rank depends on the base model, which tinylm pretrains on
     each machine: with the base of the machine that wrote this file they ranked 1st to 32nd;
-    with a base pretrained under ATEN_CPU_CAPABILITY=default they ranked 27th to 310th at the
-    last layer in six fine-tunes (seeds 1-3, AVX2 and default kernels), none in the 16-token
-    pool, while the targets were still elicited through other words (docs/lm_trojans.md). So
+    with a base pretrained under ATEN_CPU_CAPABILITY=default none entered the 16-token pool
+    in six fine-tunes (seeds 1-3, AVX2 and default kernels; 28th to 311th at the last layer in
+    two of them), while the targets were still elicited through other words
+    (docs/lm_trojans.md). So
     the ranking is checked on a token whose response is moved by construction, and the audit
     by its verdict on the trojaned fine-tune."""
     found = diff_findings["trojaned"]

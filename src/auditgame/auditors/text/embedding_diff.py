@@ -19,9 +19,10 @@ response to the token*: the residual stream at ``layer`` after reading ``prefix 
 suspect against base (relative L2 change, ``||h_s - h_b|| / ||h_b||``). A trigger token is one
 the fine-tune taught the model to react to; on the same fixture its words ranked 1st, 2nd, 5th,
 16th and 32nd. That ranking depends on the base model, which tinylm pretrains on each machine:
-with a base pretrained under PyTorch's portable CPU kernels the same words ranked 27th to
-310th at the last layer in six fine-tunes (0-16th for three of the five words at the middle
-layers), none inside the default pool of 16, and the targets were elicited through other words.
+with a base pretrained under PyTorch's portable CPU kernels none of them entered the default
+pool of 16 in six fine-tunes (the targets were elicited through other words); in two of those
+they ranked 28th to 311th at the last layer, while at the two middle layers two or three of
+the five ranked within the top 17.
 The response of a clean fine-tune also moves most on words it never trained on (trigger-like
 words included), so the ranking alone does not tell clean from trojaned: the search below
 does. The evidence records the measure used.
