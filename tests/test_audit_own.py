@@ -243,6 +243,30 @@ def test_a_spec_that_does_not_validate_names_the_field(
     assert f"{tmp_path / 'spec.yaml'}:" in message and expected in message
 
 
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        # Nine levels of nine-fold aliases: 9**9 strings once expanded.
+        (LAUGHS + yaml.safe_dump(spec_dict()), "aliases (*name) are not allowed"),
+        ("task: " + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
+        ("task: " + "[" * 100_000, "nested deeper than 32 levels"),
+        ("behaviour: " + "x" * (1 << 20), "at most 1 MiB"),
+    ],
+)
+def test_a_hostile_spec_file_is_refused_quickly_in_one_short_line(
+    tmp_path: Path, text: str, expected: str
+) -> None:
+    weights = random_weights(tmp_path)
+    (tmp_path / "spec.yaml").write_text(text)
+    message = fails(tmp_path, weights, "--spec", tmp_path / "spec.yaml", "--arch", SMALL_CNN)
+    assert expected in message and len(message) < 600, message[:600]
+
+
 # --- bad input --------------------------------------------------------------------------------
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import struct
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,13 @@ from safetensors.torch import save_file
 
 from auditgame.errors import ZooError
 from auditgame.game import AuditorSpec, Game, play
-from auditgame.organism import WEIGHTS, Organism, build_model, read_weights
+from auditgame.organism import (
+    MAX_HEADER_BYTES,
+    WEIGHTS,
+    Organism,
+    build_model,
+    read_weights,
+)
 from auditgame.run.local import LocalExecutor
 from auditgame.secret import PAD_BLOCK, new_key
 from auditgame.store import Store
@@ -138,6 +145,39 @@ def test_weights_cut_inside_the_header(zoo_copy: Zoo) -> None:
     path.write_bytes(path.read_bytes()[:5])
     with pytest.raises(ZooError, match="truncated"):
         zoo_copy.organism(zoo_copy.ids[0])
+
+
+def safetensors_bytes(header: bytes, body: bytes = b"") -> bytes:
+    return struct.pack("<Q", len(header)) + header + body
+
+
+@pytest.mark.parametrize(
+    ("header", "problem"),
+    [
+        (b'{"w": {"dtype": "F32", "shape": [1]}}', "no valid data_offsets"),
+        (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [4, 0]}}', "no valid"),
+        (b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": ["0", 4]}}', "no valid"),
+        (b'{"w": [0, 4]}', "no valid data_offsets"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'"just a string"', "not a JSON object"),
+    ],
+)
+def test_a_hostile_safetensors_header_is_one_error_not_a_traceback(
+    tmp_path: Path, header: bytes, problem: str
+) -> None:
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(safetensors_bytes(header, b"\0" * 4))
+    with pytest.raises(ZooError, match=problem):
+        read_weights(path)
+
+
+def test_a_header_over_100_mb_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    with path.open("wb") as handle:
+        handle.write(struct.pack("<Q", MAX_HEADER_BYTES + 1))
+        handle.truncate(MAX_HEADER_BYTES + 16)  # sparse: no 100 MB written
+    with pytest.raises(ZooError, match="over 100 MB"):
+        read_weights(path)
 
 
 def test_tampered_weights(zoo_copy: Zoo) -> None:

@@ -34,12 +34,18 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+# The safetensors library refuses headers over 100 MB; so do we, before reading one.
+MAX_HEADER_BYTES = 100_000_000
+
+
 def check_safetensors_header(path: Path) -> None:
     """Fail with a clear message when ``path`` is not a whole safetensors file.
 
     A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor
     bytes; the header's offsets say how long the file must be, which catches truncation even
-    before the hash is compared.
+    before the hash is compared. The file is untrusted: the header is read only up to
+    ``MAX_HEADER_BYTES``, and every tensor entry must be an object with two ordered,
+    non-negative ``data_offsets``, so a hostile header ends in a ``ZooError``, not a traceback.
     """
     size = path.stat().st_size
     with path.open("rb") as handle:
@@ -49,21 +55,41 @@ def check_safetensors_header(path: Path) -> None:
         (header_len,) = struct.unpack("<Q", prefix)
         if header_len > size - 8:
             raise ZooError(path, "not a safetensors file (header length exceeds file size)")
+        if header_len > MAX_HEADER_BYTES:
+            raise ZooError(
+                path, f"not a safetensors file (header of {header_len} bytes, over 100 MB)"
+            )
         try:
             header = json.loads(handle.read(header_len))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise ZooError(path, "not a safetensors file (header is not JSON)") from exc
+        except RecursionError as exc:
+            raise ZooError(path, "not a safetensors file (header nested too deeply)") from exc
     if not isinstance(header, dict):
         raise ZooError(path, "not a safetensors file (header is not a JSON object)")
-    end = max(
-        (entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"),
-        default=0,
-    )
+    end = max((_tensor_end(path, key, entry) for key, entry in header.items()), default=0)
     if 8 + header_len + end != size:
         raise ZooError(
             path,
             f"truncated or padded: header promises {8 + header_len + end} bytes, file has {size}",
         )
+
+
+def _tensor_end(path: Path, key: str, entry: object) -> int:
+    """Where a header entry's bytes end (0 for the metadata entry)."""
+    if key == "__metadata__":
+        return 0
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    if (
+        not isinstance(offsets, list)
+        or len(offsets) != 2
+        or not all(type(o) is int and o >= 0 for o in offsets)
+        or offsets[0] > offsets[1]
+    ):
+        raise ZooError(
+            path, f"not a safetensors file (tensor {key[:80]!r} has no valid data_offsets)"
+        )
+    return int(offsets[1])
 
 
 def write_weights(model: nn.Module, path: Path) -> str:

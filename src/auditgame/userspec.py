@@ -8,8 +8,10 @@ vocabulary), the threat model and the threshold tau (the same ``ThreatModel`` un
 
 The file is validated by pydantic with unknown keys refused, so a typo stops the command
 instead of silently falling back to a default; ``json_schema`` gives the same rules to
-editors (``docs/spec.schema.json``). YAML is read with ``yaml.safe_load`` only: a spec file
-cannot construct Python objects.
+editors (``docs/spec.schema.json``). YAML is read with a safe loader only: a spec file
+cannot construct Python objects, and since it is untrusted input it is also refused when it is
+over 1 MiB, uses aliases (``*name``, the "billion laughs" expansion that hung ``auditgame
+audit`` at 3 GB) or nests deeper than 32 levels.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from auditgame.errors import AuditgameError
 from auditgame.spec import AdditiveThreat, MaskPatternThreat, Spec, ThreatModel
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
+MAX_SPEC_BYTES = 1 << 20
+MAX_SPEC_DEPTH = 32
 _STRICT = ConfigDict(frozen=True, extra="forbid")
 
 
@@ -163,12 +167,32 @@ UserSpec = Annotated[ImageClassification | LanguageModel, Field(discriminator="t
 _ADAPTER: TypeAdapter[ImageClassification | LanguageModel] = TypeAdapter(UserSpec)
 
 
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader without aliases and with a depth limit, checked as nodes are composed
+    (before anything is expanded or built)."""
+
+    depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in a spec file")
+        self.depth += 1
+        try:
+            if self.depth > MAX_SPEC_DEPTH:
+                raise yaml.YAMLError(f"nested deeper than {MAX_SPEC_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
 def load_spec(path: Path) -> ImageClassification | LanguageModel:
     """Read and validate a spec file; a relative ``clean_data.path`` becomes relative to it."""
     if not path.is_file():
         raise SpecFileError(f"{path}: spec file is missing")
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecFileError(f"{path}: a spec file is at most 1 MiB; this one is larger")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_BoundedLoader)  # a SafeLoader
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise SpecFileError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
