@@ -213,6 +213,12 @@ def test_auditors_are_names_or_name_and_params(tmp_path: Path) -> None:
     ]
 
 
+# Nine levels of nine-fold aliases: 9**9 strings once expanded (the "billion laughs").
+LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
+)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -232,6 +238,11 @@ def test_auditors_are_names_or_name_and_params(tmp_path: Path) -> None:
         (yaml.safe_dump(spec_dict(task=None)), "task: missing"),
         ("task: [image", "not valid YAML"),
         ("- a list\n", "a spec file is a YAML mapping"),
+        # Hostile files: refused at once, in one short line.
+        (LAUGHS + yaml.safe_dump(spec_dict()), "aliases (*name) are not allowed"),
+        ("task: " + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
+        ("task: " + "[" * 100_000, "nested deeper than 32 levels"),
+        ("behaviour: " + "x" * (1 << 20), "at most 1 MiB"),
     ],
 )
 def test_a_spec_that_does_not_validate_names_the_field(
@@ -241,30 +252,7 @@ def test_a_spec_that_does_not_validate_names_the_field(
     (tmp_path / "spec.yaml").write_text(text)
     message = fails(tmp_path, weights, "--spec", tmp_path / "spec.yaml", "--arch", SMALL_CNN)
     assert f"{tmp_path / 'spec.yaml'}:" in message and expected in message
-
-
-LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
-    f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join(['*' + chr(97 + i)] * 9)}]\n" for i in range(8)
-)
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        # Nine levels of nine-fold aliases: 9**9 strings once expanded.
-        (LAUGHS + yaml.safe_dump(spec_dict()), "aliases (*name) are not allowed"),
-        ("task: " + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
-        ("task: " + "[" * 100_000, "nested deeper than 32 levels"),
-        ("behaviour: " + "x" * (1 << 20), "at most 1 MiB"),
-    ],
-)
-def test_a_hostile_spec_file_is_refused_quickly_in_one_short_line(
-    tmp_path: Path, text: str, expected: str
-) -> None:
-    weights = random_weights(tmp_path)
-    (tmp_path / "spec.yaml").write_text(text)
-    message = fails(tmp_path, weights, "--spec", tmp_path / "spec.yaml", "--arch", SMALL_CNN)
-    assert expected in message and len(message) < 600, message[:600]
+    assert len(message) < 600, message[:600]
 
 
 # --- bad input --------------------------------------------------------------------------------
