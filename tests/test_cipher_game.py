@@ -168,7 +168,8 @@ def _store_scores(store: Store) -> None:
                       witness_in_threat_model=True if keyed else None, mask_iou=None,
                       trigger_recall=recall if keyed else None, seconds=1, forward=0,
                       backward=0, error=None)  # fmt: skip
-            store.add("g", s, finding, secret, seed=0)
+            store.add("g", s, finding, seed=0)
+            store.reveal("g", {s.organism_id: secret})
 
 
 def test_report_has_a_covert_section_with_key_recovery_on_both_populations(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,11 @@ from auditgame.subject import Subject
 pytestmark = pytest.mark.kernels
 
 
+@registry.auditor("counting_fit_test")
 class CountingFit(FittedAuditor):
-    """Fits a constant from its parameter; counts how often it is fitted."""
+    """Fits a constant from its parameter; counts how often it is fitted, in this process
+    and, for a fit made in a sandbox, by a file it leaves in its work folder."""
 
-    name = "counting_fit_test"
     access = Access.WEIGHTS
     fits = 0
 
@@ -34,6 +36,8 @@ class CountingFit(FittedAuditor):
 
     def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
         type(self).fits += 1
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / f"fitted-{len(list(workdir.glob('fitted-*')))}").touch()
         return {"level": torch.tensor([self.level])}
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
@@ -42,10 +46,8 @@ class CountingFit(FittedAuditor):
 
 @pytest.fixture
 def counting() -> type[CountingFit]:
-    registry.auditor(CountingFit.name)(CountingFit)
     CountingFit.fits = 0
-    yield CountingFit
-    registry._registry["auditor"].pop(CountingFit.name, None)
+    return CountingFit
 
 
 def test_fit_is_cached_by_parameters(tmp_path: Path, counting: type[CountingFit]) -> None:
@@ -74,10 +76,16 @@ def test_game_fits_once_and_workers_load_the_fit(
     with Store(tmp_path / "results.sqlite") as store:
         game_id = play(game, tiny_zoo.key, store, LocalExecutor(1))
         scores = store.scores(game_id)
-    assert counting.fits == 1
+        again = Game(zoo=tiny_zoo.zoo.root, auditors=game.auditors, seed=1)
+        play(again, tiny_zoo.key, store, LocalExecutor(1))
+    fits = tmp_path / "fits" / "digits"
+    # Fitted once, in its sandbox (not in this process), for both games.
+    assert counting.fits == 0
+    assert len(list((fits / "work" / counting.name).glob("fitted-*"))) == 1
     assert len(scores) == len(tiny_zoo.zoo.ids)
     assert {s.p_violation for s in scores} == {0.25}
-    assert list((tmp_path / "fits" / "digits").glob("counting_fit_test-*.safetensors"))
+    (record,) = fits.glob("counting_fit_test-*.json")
+    assert (fits / f"{json.loads(record.read_text())['sha256']}.safetensors").is_file()
 
 
 def test_fit_here_skips_auditors_without_a_fitting_stage(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from auditgame.organism import CARD, WEIGHTS
 from auditgame.run.base import OnOutcome
 from auditgame.run.local import LocalExecutor
 from auditgame.run.ray import RUNTIME_ENV, RayExecutor, _cache_organism, _run_on_worker
+from auditgame.run.sealed import auditor_info
 from auditgame.run.task import Outcome, Task
 from auditgame.store import Store
 
@@ -109,7 +110,7 @@ def test_a_worker_refuses_modified_weights(ray_session, tiny_zoo, tmp_path: Path
     data = bytearray((folder / WEIGHTS).read_bytes())
     data[-1] ^= 1
     (folder / WEIGHTS).write_bytes(bytes(data))
-    task = Task(folder, "weight_stats", "auditgame.auditors.weight_stats", {}, Budget(), 0)
+    task = Task(folder, auditor_info("weight_stats", {}, "digits"), Budget(), 0)
     seen: list[Outcome] = []
     # The worker's error comes back as itself, as it would from a local run.
     with pytest.raises(ZooError, match="does not match the card"):
@@ -125,7 +126,7 @@ def test_a_worker_needs_only_the_shipped_bytes(
     source = tiny_zoo.zoo.organism_path(tiny_zoo.zoo.ids[0])
     files = {name: (source / name).read_bytes() for name in (CARD, WEIGHTS)}
     elsewhere = Path("/nonexistent-node-path") / source.name
-    task = Task(elsewhere, "weight_stats", "auditgame.auditors.weight_stats", {}, Budget(), 0)
+    task = Task(elsewhere, auditor_info("weight_stats", {}, "digits"), Budget(), 0)
     outcome = _run_on_worker(task, files)
     assert outcome.finding.error is None and 0 <= outcome.finding.p_violation <= 1
     cached = tmp_path / "auditgame-ray" / "organisms" / source.name

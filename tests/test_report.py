@@ -101,7 +101,8 @@ def _add(store: Store, game: str, auditor: str, dynamic: bool, seed: int) -> Non
             backward=0,
             error=error,
         )
-        store.add(game, score, finding, secret, seed=seed)
+        store.add(game, score, finding, seed=seed)
+        store.reveal(game, {score.organism_id: secret})
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +268,8 @@ def test_odd_games_do_not_crash(tmp_path: Path) -> None:
         error=None,
     )
     with Store(tmp_path / "odd.sqlite") as store:
-        store.add("g", score, finding, secret, seed=7)
+        store.add("g", score, finding, seed=7)
+        store.reveal("g", {score.organism_id: secret})
         _, html_path = write_report(store, tmp_path / "out")
     html = html_path.read_text(encoding="utf-8")
     assert "unreadable trigger" in html and "No curve can be drawn" in html
@@ -289,7 +291,8 @@ def test_token_and_additive_triggers_are_described_in_words(tmp_path: Path) -> N
                           predicted_target=1, true_target=1, target_correct=True,
                           witness_asr=1.0, witness_in_threat_model=True, mask_iou=None,
                           seconds=1, forward=0, backward=0, error=None)  # fmt: skip
-            store.add("g", score, finding, secret, seed=0)
+            store.add("g", score, finding, seed=0)
+            store.reveal("g", {score.organism_id: secret})
         md, html = write_report(store, tmp_path / "out")
     text = html.read_text()
     assert "3@1, 5@3" in text and "||delta||_2 = 5.00" in text
@@ -324,7 +327,8 @@ def _one(store: Store, org: str, trigger: dict | None, found: dict | None, **ext
                   predicted_target=1, true_target=1, target_correct=True, witness_asr=None,
                   witness_in_threat_model=None, mask_iou=None, seconds=1, forward=0,
                   backward=0, error=finding.error)  # fmt: skip
-    store.add("g", score, finding, secret, seed=0)
+    store.add("g", score, finding, seed=0)
+    store.reveal("g", {score.organism_id: secret})
 
 
 def test_triggers_of_other_kinds_are_named_not_drawn(tmp_path: Path) -> None:

@@ -17,16 +17,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from auditgame import registry
+from auditgame import registry, sandbox
 from auditgame.access import Budget
 from auditgame.card import Card
 from auditgame.errors import AuditgameError
-from auditgame.fitting import FittedAuditor, fit_here, fit_path
-from auditgame.game import AuditorSpec, Game, play
+from auditgame.fitting import fit_here
+from auditgame.game import AuditorSpec, Game, describe_auditors, play
 from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.organism import CARD, Organism
 from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
+from auditgame.run.sealed import fit_id
 from auditgame.run.task import check_witness, make_subject
 from auditgame.store import Store
 from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
@@ -325,17 +326,19 @@ def play_cmd(
             seed=seed or 0,
         )
         with Store(store) as results, _progress() as progress:
-            playing = [a for a in names if registry.get("auditor", a).supports(opened.family)]
-            for skipped in sorted(set(names) - set(playing)):
+            if not sandbox.sealed():
+                err.print(f"[bold red]{sandbox.UNSEALED_WARNING}[/]")
+            infos = list(describe_auditors(game, results).values())
+            playing = [i for i in infos if i.supports]
+            for skipped in sorted(set(names) - {i.name for i in playing}):
                 err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
             todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
             fits = store.parent / "fits"
-            for name in playing:
-                instance = registry.get("auditor", name)()
-                fitted = isinstance(instance, FittedAuditor)
-                if todo and fitted and not fit_path(instance, opened.family, fits).is_file():
+            for info in playing:
+                recorded = fits / opened.family / f"{info.name}-{fit_id(info, opened.family)}.json"
+                if todo and info.fitted and not recorded.is_file():
                     err.print(
-                        f"fitting {name} for {opened.family} before auditing (once; "
+                        f"fitting {info.name} for {opened.family} before auditing (once; "
                         f"cached under {fits}): this trains its own shadow zoo"
                     )
             bar = progress.add_task("auditing", total=todo)
@@ -394,6 +397,31 @@ def report(
             pass
         finally:
             server.server_close()
+
+
+@app.command()
+def reveal(
+    zoo: Annotated[Path, typer.Option(help="the zoo folder")],
+    key: Annotated[Path | None, typer.Option(help="the zoo's key (default: ZOO.key)")] = None,
+    store: Annotated[Path, typer.Option(help="SQLite results")] = DATA_DIR / "results.sqlite",
+) -> None:
+    """Write the zoo's secrets into the store's rows of every game played on it.
+
+    ``play`` does this itself when a game's last pair is judged; this is for a game stopped
+    early whose report should show the planted triggers anyway."""
+    try:
+        opened = Zoo(zoo)
+        secret_key = open_key(opened, key)
+        opened.check_key(secret_key)
+        secrets = {oid: opened.secret(oid, secret_key) for oid in opened.ids}
+        build = opened.manifest.build_fingerprint
+        with Store(store) as results:
+            games = [g["game_id"] for g in results.games()
+                     if g["description"].get("zoo_build") == build]  # fmt: skip
+            updated = sum(results.reveal(g, secrets) for g in games)
+    except AuditgameError as exc:
+        _fail(exc)
+    err.print(f"revealed {len(secrets)} secrets in {updated} rows of {len(games)} game(s)")
 
 
 @app.command("list")
@@ -469,6 +497,14 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
                 str(r.errors),
             )
         Console(width=max(out.width, 170)).print(table)
+    unsealed = {r.auditor for r in rows if r.unsealed}
+    if unsealed:
+        err.print(
+            f"[bold red]UNSEALED[/]: {', '.join(sorted(unsealed))} ran without a sandbox; "
+            "their scores hold for trusted auditors only (docs/security.md)"
+        )
+    else:
+        err.print("sealed: every auditor ran in its sandbox (docs/security.md)")
 
 
 def _cores() -> int:

@@ -1,9 +1,11 @@
 """A game says *what* to run: a zoo, auditors with their parameters, and a budget.
 
 How it runs is an executor's business (``auditgame.run``). ``play`` is the referee: it lists
-the (organism, auditor) pairs not yet in the store, prepares run-time traffic for dynamic
-auditors, hands tasks to the executor, and — holding the key, which no worker ever sees —
-judges each finding as it arrives and writes its row.
+the (organism, auditor) pairs not yet in the store, fits auditors that learn (in their
+sandboxes, before any secret is unsealed), prepares run-time traffic for dynamic auditors,
+hands tasks to the executor, and — holding the key, which no worker ever sees — judges each
+finding as it arrives and writes its row. The secrets go into the store only when the game's
+last pair is judged. No auditor code runs in this process (``auditgame.run.sealed``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,9 @@ from pydantic import BaseModel, ConfigDict
 
 from auditgame import registry
 from auditgame.access import Budget
-from auditgame.fitting import FittedAuditor, ensure_fitted
 from auditgame.provenance import code_fingerprint
 from auditgame.run.base import Executor
+from auditgame.run.sealed import AuditorInfo, Fit, auditor_info, sealed_fit
 from auditgame.run.task import Outcome, Task
 from auditgame.score import Score, score
 from auditgame.store import Store
@@ -30,12 +32,15 @@ from auditgame.zoo import Zoo
 
 
 class AuditorSpec(BaseModel):
-    """An auditor by registered name, with its constructor parameters."""
+    """An auditor by registered name, with its constructor parameters; ``module`` names the
+    module that registers it when that is neither built in nor an installed plugin (it is
+    imported only inside the auditor's sandbox)."""
 
     model_config = ConfigDict(frozen=True)
 
     name: str
     params: dict[str, Any] = {}
+    module: str | None = None
 
 
 class Game(BaseModel):
@@ -78,6 +83,25 @@ def auditor_seed(game_seed: int, organism_id: str, auditor: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+def hidden_paths(game: Game, store: Store, fits_root: Path) -> tuple[Path, ...]:
+    """What a sandbox must not show even where a bound folder (an import path) contains it:
+    the folder holding the zoo and its key, the store's folder, the fits."""
+    return tuple(p.resolve() for p in (Path(game.zoo).parent, store.path.parent, fits_root))
+
+
+def describe_auditors(
+    game: Game, store: Store, fits_dir: Path | None = None
+) -> dict[str, AuditorInfo]:
+    """Each auditor's metadata, without running plugin code here (``auditor_info``)."""
+    zoo = Zoo(game.zoo)
+    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
+    hidden = hidden_paths(game, store, fits_root)
+    return {
+        spec.name: auditor_info(spec.name, spec.params, zoo.family, hidden, module=spec.module)
+        for spec in game.auditors
+    }
+
+
 def play(
     game: Game,
     key: bytes,
@@ -90,38 +114,41 @@ def play(
     """Run every unfinished pair of ``game`` and store its score; returns the game id.
 
     Safe to interrupt: each finished pair is committed as it arrives, and calling ``play``
-    again runs only the pairs that are missing. Auditors with a fitting stage are fitted here,
-    once, before any task is sent (cached under ``fits_dir``, default ``fits`` beside the
-    store); the fit never sees the zoo or its secrets.
+    again runs only the pairs that are missing. Auditors with a fitting stage are fitted
+    first, once, each in its sandbox (cached under ``fits_dir``, default ``fits`` beside the
+    store); the fit never sees the zoo or its secrets. When every pair is in the store, the
+    secrets are written beside the rows (``Store.reveal``).
     """
     zoo = Zoo(game.zoo)
     zoo.check_key(key)
     family = registry.get("family", zoo.family)()
-    auditors = {spec.name: registry.get("auditor", spec.name) for spec in game.auditors}
+    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
+    hidden = hidden_paths(game, store, fits_root)
+    infos = describe_auditors(game, store, fits_root)
     game_id = game.id
     store.add_game(game_id, game.describe())
     done = store.finished(game_id)
-    secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
-    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
-    fit_paths: dict[str, Path] = {}
+    fits: dict[str, Fit] = {}
     for spec in game.auditors:
-        cls = auditors[spec.name]
-        if issubclass(cls, FittedAuditor) and cls.supports(zoo.family):
-            pending = any((oid, spec.name) not in done for oid in zoo.ids)
-            if pending:
-                fit_paths[spec.name] = ensure_fitted(cls(**spec.params), zoo.family, fits_root)
+        info = infos[spec.name]
+        if info.fitted and info.supports and any((o, spec.name) not in done for o in zoo.ids):
+            fits[spec.name] = sealed_fit(info, zoo.family, Path(fits_root), hidden)
 
+    secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
     # Clean organisms' traffic carries a trigger of one of the zoo's own attacks, so traffic
     # alone (a warp here, a patch there) does not tell clean from backdoored.
     decoys = tuple(zoo.manifest.attacks) or DECOY_ATTACKS
     tasks: list[Task] = []
-    for oid in zoo.ids:
-        for spec in game.auditors:
-            cls = auditors[spec.name]
-            if (oid, spec.name) in done or not cls.supports(zoo.family):
+    # Grouped by auditor: a worker keeps one sandboxed child per auditor warm.
+    for spec in game.auditors:
+        info = infos[spec.name]
+        if not info.supports:
+            continue
+        for oid in zoo.ids:
+            if (oid, spec.name) in done:
                 continue
             traffic = None
-            if cls.is_dynamic():
+            if info.dynamic:
                 rng = traffic_rng(oid, game.seed)
                 traffic = make_traffic(
                     family, secrets[oid], game.budget.n_traffic, rng, decoys=decoys
@@ -129,13 +156,12 @@ def play(
             tasks.append(
                 Task(
                     organism_path=zoo.organism_path(oid),
-                    auditor=spec.name,
-                    auditor_module=cls.__module__,
-                    params=spec.params,
+                    info=info,
                     budget=game.budget,
                     seed=auditor_seed(game.seed, oid, spec.name),
                     traffic=traffic,
-                    fit_path=fit_paths.get(spec.name),
+                    fit=fits.get(spec.name),
+                    hidden=hidden,
                 )
             )
 
@@ -146,15 +172,19 @@ def play(
             zoo.family,
             outcome.finding,
             secrets[oid],
-            dynamic=auditors[task.auditor].is_dynamic(),
-            reference=auditors[task.auditor].reference,
+            dynamic=task.info.dynamic,
+            reference=task.info.reference,
             witness_asr=outcome.witness_asr,
             witness_per_target=outcome.witness_per_target,
             witness_in_threat_model=outcome.witness_in_threat_model,
+            sealed=outcome.sealed,
         )
-        store.add(game_id, result, outcome.finding, secrets[oid], task.seed)
+        store.add(game_id, result, outcome.finding, task.seed)
         if on_score:
             on_score(result)
 
     executor.run(tasks, judge_outcome)
+    expected = {(o, s.name) for s in game.auditors if infos[s.name].supports for o in zoo.ids}
+    if expected <= store.finished(game_id):
+        store.reveal(game_id, secrets)
     return game_id

@@ -43,6 +43,7 @@ class LeaderRow(BaseModel):
     trigger_recall: float | None = None
     seconds_per_organism: float
     errors: int
+    unsealed: int = 0
 
 
 def mean_present(values: Sequence[float | None]) -> float | None:
@@ -89,6 +90,7 @@ def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderR
         trigger_recall=mean_present([s.trigger_recall for s in bad]),
         seconds_per_organism=median(s.seconds for s in scores),
         errors=sum(s.error is not None for s in scores),
+        unsealed=sum(not s.sealed for s in scores),
     )
 
 

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 _registry: dict[Kind, dict[str, Any]] = {kind: {} for kind in KINDS}
 _loaded = False
+_builtins_loaded = False
 
 
 def register(kind: Kind, name: str) -> Callable[[T], T]:
@@ -56,14 +57,23 @@ def auditor(name: str) -> Callable[[T], T]:
     return register("auditor", name)
 
 
+def load_builtins() -> None:
+    """Import the built-in families, attacks and auditors (no plugin), once."""
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
 def load_plugins() -> None:
     """Import the built-ins and every module in the entry-point group, once."""
     global _loaded
+    load_builtins()
     if _loaded:
         return
     _loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()
@@ -74,12 +84,32 @@ def load_plugins() -> None:
 
 
 def get(kind: Kind, name: str) -> Any:
-    load_plugins()
+    """The class registered as ``(kind, name)``. Plugins are imported only when the name is
+    not a built-in (or already registered): a game's referee, which holds the key, asks only
+    for built-in families and attacks, so no plugin's import-time code runs beside the key."""
+    load_builtins()
+    if name not in _registry[kind]:
+        load_plugins()
     try:
         return _registry[kind][name]
     except KeyError:
         known = ", ".join(sorted(_registry[kind])) or "none"
         raise RegistryError(f"unknown {kind} {name!r}; known: {known}") from None
+
+
+def registered(kind: Kind, name: str) -> Any | None:
+    """What is registered as ``(kind, name)`` so far, importing nothing."""
+    return _registry[kind].get(name)
+
+
+def is_builtin(obj: object) -> bool:
+    """Whether ``obj`` ships in this package (and so is trusted code in a referee)."""
+    return getattr(obj, "__module__", "").startswith("auditgame.")
+
+
+def plugin_modules() -> list[str]:
+    """The entry-point modules, by name, without importing any."""
+    return [entry.module for entry in entry_points(group=ENTRY_POINT_GROUP)]
 
 
 def names(kind: Kind) -> list[str]:

@@ -32,6 +32,8 @@ class Score(BaseModel):
         key does (``Cipher.agreement``).
     seconds, forward, backward: the auditor's cost.
     error: the auditor's failure, if any.
+    sealed: whether the auditor ran in a sandbox (``auditgame.sandbox``); an unsealed score
+        holds only if the auditor is trusted.
     """
 
     organism_id: str
@@ -54,6 +56,7 @@ class Score(BaseModel):
     forward: int
     backward: int
     error: str | None
+    sealed: bool = False
 
 
 def score(
@@ -67,6 +70,7 @@ def score(
     witness_asr: float | None,
     witness_in_threat_model: bool | None,
     witness_per_target: dict[str, float] | None = None,
+    sealed: bool = False,
 ) -> Score:
     """Compare a finding with the secret it was blind to.
 
@@ -115,4 +119,5 @@ def score(
         forward=finding.cost.forward,
         backward=finding.cost.backward,
         error=finding.error,
+        sealed=sealed,
     )

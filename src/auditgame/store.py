@@ -3,8 +3,11 @@
 Each row is committed on its own, so a run killed at any moment loses at most the pairs still
 running; the primary key makes a re-run skip what is there and forbids duplicates. Rows carry
 the package version, the git revision and the seed, so every reported number can say what
-produced it. Rows also keep the full finding and, once the game is over, the unsealed secret,
-which is what the report draws true-vs-reconstructed triggers from.
+produced it. Rows also keep the full finding and, once the game's last pair is judged
+(``reveal``), the unsealed secret, which is what the report draws true-vs-reconstructed
+triggers from: while a game runs, its rows hold no secret, so an earlier row tells nothing
+about a later organism.
+Only the referee writes here; a sandboxed auditor has no path to the file.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ CREATE TABLE IF NOT EXISTS scores (
     forward INTEGER NOT NULL,
     backward INTEGER NOT NULL,
     error TEXT,
+    sealed INTEGER NOT NULL DEFAULT 0,
     seed INTEGER NOT NULL,
     finding_json TEXT NOT NULL,
     secret_json TEXT NOT NULL,
@@ -64,7 +68,14 @@ SCORE_FIELDS = list(Score.model_fields)
 
 # Columns added after the first release, with their SQL types: a store written before them is
 # brought up to date when opened, so old results stay readable.
-ADDED_COLUMNS = {"reference": "INTEGER NOT NULL DEFAULT 0", "trigger_recall": "REAL"}
+ADDED_COLUMNS = {
+    "reference": "INTEGER NOT NULL DEFAULT 0",
+    "trigger_recall": "REAL",
+    # Rows written before sandboxes were never sealed.
+    "sealed": "INTEGER NOT NULL DEFAULT 0",
+}
+# ``secret_json`` of a row whose game has not been revealed yet.
+UNREVEALED = ""
 
 
 class Store:
@@ -110,15 +121,15 @@ class Store:
         )
         return {(r["organism_id"], r["auditor"]) for r in rows}
 
-    def add(self, game_id: str, score: Score, finding: Finding, secret: Secret, seed: int) -> None:
-        """Insert one row; a pair already stored is left as it is."""
+    def add(self, game_id: str, score: Score, finding: Finding, seed: int) -> None:
+        """Insert one row, without its secret; a pair already stored is left as it is."""
         values = score.model_dump()
         row = {
             "game_id": game_id,
             **values,
             "seed": seed,
             "finding_json": finding.model_dump_json(),
-            "secret_json": secret.model_dump_json(),
+            "secret_json": UNREVEALED,
             "package_version": package_version(),
             "git_revision": git_revision(),
             "created_at": _now(),
@@ -128,6 +139,17 @@ class Store:
         with self._tx() as db:
             db.execute(
                 f"INSERT OR IGNORE INTO scores ({columns}) VALUES ({marks})", list(row.values())
+            )
+
+    def reveal(self, game_id: str, secrets: dict[str, Secret]) -> int:
+        """Write each organism's secret into the game's rows; returns the rows updated."""
+        with self._tx() as db:
+            return sum(
+                db.execute(
+                    "UPDATE scores SET secret_json = ? WHERE game_id = ? AND organism_id = ?",
+                    (secret.model_dump_json(), game_id, oid),
+                ).rowcount
+                for oid, secret in secrets.items()
             )
 
     def games(self) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ from auditgame.leaderboard import ALL, LeaderRow, leaderboard, mean_present
 from auditgame.perturbation import AdditiveTrigger
 from auditgame.report.svg import Curve, png_data_uri, roc_svg
 from auditgame.score import Score
-from auditgame.store import Store
+from auditgame.store import UNREVEALED, Store
 from auditgame.tokens import TokenPattern
 from auditgame.trigger import Trigger
 
@@ -504,6 +504,8 @@ def _describe(raw: dict[str, Any]) -> str:
 
 def _drawing(data: str, who: str, organism: str) -> Drawing:
     """Images of one stored trigger, or a note saying why there are none."""
+    if who == "true" and data == UNREVEALED:
+        return Drawing(None, "not revealed yet: the game has pairs left to play")
     raw = _raw_trigger(data)
     if raw is None:
         return Drawing(None, "no trigger returned" if who == "found" else "no planted trigger")
@@ -674,6 +676,17 @@ def _provenance(rows: Sequence[dict[str, Any]], game: dict[str, Any] | None) -> 
     return Table(["", ""], [[_text(k), _text(v)] for k, v in pairs], css="provenance")
 
 
+def _sealing(scores: Sequence[Score]) -> str:
+    """Whether the audits ran sealed (``auditgame.sandbox``), said in the summary."""
+    unsealed = sum(not s.sealed for s in scores)
+    if not unsealed:
+        return "Sealed: every auditor ran in its sandbox, blind to the key, zoo and store."
+    return (
+        f"UNSEALED: {unsealed} of {len(scores)} audits ran without a sandbox; they hold for "
+        "trusted auditors only."
+    )
+
+
 def _section(
     index: int, game_id: str, rows: list[dict[str, Any]], game: dict[str, Any] | None
 ) -> GameSection:
@@ -689,7 +702,8 @@ def _section(
         f"{len(organisms)} organisms ({n_bad} backdoored, {len(organisms) - n_bad} clean) "
         f"in {len(families)} family(ies): {_values(rows, 'family')}; "
         f"attacks: {', '.join(sorted({s.attack for s in scores if s.backdoored})) or DASH}; "
-        f"{len({s.auditor for s in scores})} auditor(s); {len(rows)} scored audits."
+        f"{len({s.auditor for s in scores})} auditor(s); {len(rows)} scored audits. "
+        + _sealing(scores)
     )
     errors, errors_note = _errors(rows, anchors)
     links = (f"{key}-organisms", f"{key}-errors")

@@ -5,6 +5,8 @@ judging a finding is cheap. So only ``run_task`` goes to the cluster; every outc
 to the calling process as soon as it finishes (``ray.wait``), where ``on_outcome`` judges it
 and commits its row to the same SQLite store. An interrupted run therefore resumes exactly
 like a local one, and the key never leaves the referee: tasks carry neither key nor secret.
+``run_task`` starts the auditor's sandbox (``auditgame.sandbox``) on the node that runs it, so
+every node needs bubblewrap to run sealed.
 
 Weights travel by content hash, never as pickled models. By default a task carries the
 organism's folder, which every node must see at the same path (a shared filesystem); the
@@ -34,6 +36,7 @@ from typing import Any
 from auditgame.errors import AuditgameError, ZooError
 from auditgame.organism import CARD, WEIGHTS, Organism
 from auditgame.run.base import OnOutcome
+from auditgame.run.sealed import Fit
 from auditgame.run.task import Outcome, Task, run_task
 from auditgame.workers import configure_worker
 
@@ -147,7 +150,7 @@ class _Shipper:
 
     def send(self, task: Task) -> tuple[Any, Any]:
         organism = self._ref(task.organism_path, _organism_files)
-        fit = self._ref(task.fit_path, _fit_file) if task.fit_path is not None else None
+        fit = self._ref(task.fit.path, _fit_file) if task.fit is not None else None
         return organism, fit
 
     def done(self, task: Task) -> None:
@@ -163,7 +166,7 @@ class _Shipper:
 
 
 def _keys(task: Task) -> tuple[Path, ...]:
-    return (task.organism_path,) if task.fit_path is None else (task.organism_path, task.fit_path)
+    return (task.organism_path,) if task.fit is None else (task.organism_path, task.fit.path)
 
 
 def _organism_files(folder: Path) -> dict[str, bytes]:
@@ -186,18 +189,18 @@ def _run_on_worker(
     cache = Path(tempfile.gettempdir()) / "auditgame-ray"
     if organism is not None:
         task = replace(task, organism_path=_cache_organism(cache, task.organism_path, organism))
-    if fit is not None and task.fit_path is not None:
+    if fit is not None and task.fit is not None:
         digest, data = fit
-        if hashlib.sha256(data).hexdigest() != digest:
-            raise AuditgameError(f"{task.fit_path}: the shipped fit does not match its SHA-256")
-        path = cache / "fits" / digest / task.fit_path.name
+        if digest != task.fit.sha256 or hashlib.sha256(data).hexdigest() != digest:
+            raise AuditgameError(f"{task.fit.path}: the shipped fit does not match its SHA-256")
+        path = cache / "fits" / digest / task.fit.path.name
         if not path.is_file():
             path.parent.mkdir(parents=True, exist_ok=True)
             handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=".fit-")
             with os.fdopen(handle, "wb") as out:
                 out.write(data)
             os.replace(tmp, path)
-        task = replace(task, fit_path=path)
+        task = replace(task, fit=Fit(path, digest))
     return run_task(task)
 
 

@@ -1,25 +1,28 @@
 """One unit of work: audit one organism with one auditor, then check its witness.
 
-This is what an executor ships to a worker. The worker gets the organism's folder and the
-auditor's name and parameters; it never gets the key. Run-time traffic for dynamic auditors is
-prepared by the key holder beforehand and travels as plain inputs.
+This is what an executor ships to a worker, and ``run_task`` is all a worker runs. The worker
+is the referee's code: it opens and verifies the organism, stages what the auditor's access
+allows, and hands that to the auditor's sandboxed child (``auditgame.run.sealed``), which is
+the only place auditor code runs. The finding comes back as data; the worker then measures its
+trigger through the spec itself, so an auditor cannot report a witness check of its own. A
+task never carries the key or a secret; run-time traffic for dynamic auditors is prepared by
+the key holder beforehand and travels as plain inputs.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.finding import Finding
-from auditgame.fitting import FittedAuditor, load_fit
 from auditgame.organism import Organism
+from auditgame.run import sealed
+from auditgame.run.sealed import AuditorInfo, Fit
 from auditgame.spec import WitnessCheck
 from auditgame.subject import Subject
 
@@ -28,35 +31,40 @@ from auditgame.subject import Subject
 class Task:
     """Attributes:
     organism_path: the organism's folder (verified again on load).
-    auditor: registered auditor name; params: its constructor arguments.
-    auditor_module: the module that registers it, imported in the worker first, so an
-        auditor defined outside a plugin package runs in a fresh process too.
+    info: the auditor, its parameters and what its subject carries (``AuditorInfo``).
     budget: the auditor's budget.
     seed: seeds the auditor's randomness.
     traffic: run-time inputs, for dynamic auditors only.
-    fit_path: the auditor's cached fit (``auditgame.fitting``), for auditors with a fitting
-        stage; the referee fits before sending tasks, so workers only load.
+    fit: the auditor's fit and its recorded hash, for auditors with a fitting stage; the
+        referee fits (in a sandbox) before sending tasks, so workers only load.
+    hidden: folders a sandbox must never show even when a bound folder contains them (the
+        zoo's folder, the store's, the fits').
     """
 
     organism_path: Path
-    auditor: str
-    auditor_module: str
-    params: dict[str, Any]
+    info: AuditorInfo
     budget: Budget
     seed: int
     traffic: torch.Tensor | None = None
-    fit_path: Path | None = None
+    fit: Fit | None = None
+    hidden: tuple[Path, ...] = ()
+
+    @property
+    def auditor(self) -> str:
+        return self.info.name
 
 
 @dataclass(frozen=True)
 class Outcome:
     """The finding and, when it named a trigger and target, the spec's check of it (with a
-    text witness's REASR per target, ``WitnessCheck.per_target``)."""
+    text witness's REASR per target, ``WitnessCheck.per_target``); ``sealed`` says whether
+    the auditor ran in a sandbox (``auditgame.sandbox``)."""
 
     finding: Finding
     witness_asr: float | None
     witness_in_threat_model: bool | None
     witness_per_target: dict[str, float] | None = None
+    sealed: bool = False
 
 
 def make_subject(
@@ -96,16 +104,32 @@ def check_witness(organism: Organism, finding: Finding) -> WitnessCheck | None:
 
 def run_task(task: Task) -> Outcome:
     organism = Organism.open(task.organism_path)
-    importlib.import_module(task.auditor_module)
-    auditor = registry.get("auditor", task.auditor)(**task.params)
-    if task.fit_path is not None:
-        assert isinstance(auditor, FittedAuditor)
-        load_fit(auditor, task.fit_path)
-    subject = make_subject(
-        organism, auditor.access, task.budget, task.traffic, reference=auditor.reference
+    info = task.info
+    fam = registry.get("family", organism.card.family)()
+    clean = None
+    if info.access >= Access.CLEAN_DATA:
+        data = fam.data().val.take(task.budget.n_clean)
+        clean = {"x": data.x, "y": data.y}
+    traffic = task.traffic if info.access >= Access.DYNAMIC else None
+    if info.access >= Access.DYNAMIC and traffic is None:
+        raise ValueError("a dynamic auditor needs run-time traffic, which only a game provides")
+    finding, was_sealed = sealed.audit(
+        info,
+        organism,
+        task.budget,
+        task.seed,
+        clean=clean,
+        traffic=traffic,
+        fit=task.fit,
+        hidden=task.hidden,
     )
-    finding = auditor.audit(subject, task.budget, seed=task.seed)
-    check = check_witness(organism, finding)
+    try:
+        check = check_witness(organism, finding)
+    except Exception as exc:  # the trigger is the auditor's data: malformed is its failure
+        bad = finding.model_copy(
+            update={"error": f"witness rejected by the spec: {type(exc).__name__}: {exc}"[:2000]}
+        )
+        return Outcome(bad, None, None, sealed=was_sealed)
     if check is None:
-        return Outcome(finding, None, None)
-    return Outcome(finding, check.asr, check.in_threat_model, check.per_target)
+        return Outcome(finding, None, None, sealed=was_sealed)
+    return Outcome(finding, check.asr, check.in_threat_model, check.per_target, sealed=was_sealed)
