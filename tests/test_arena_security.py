@@ -1,0 +1,228 @@
+"""The red team against the arena itself: hostile auditor plugins try every route to a secret
+or a forged score through the real executors, and each attempt must fail.
+
+The plugins live in ``tests/hostile_auditors.py``; a game names that module, so it is
+imported only inside the auditors' sandboxes, never in this (the referee's) process. Where a
+defence is the sandbox, the same attack is also run unsealed (``AUDITGAME_UNSEALED=1``) and
+must succeed there: the test would fail if the sandbox were gone. Routes 2 (the seed) and 8
+(the manifest's MAC) are in ``tests/test_zoo.py``; bounded inputs in ``tests/test_zoo.py``,
+``tests/test_audit_own.py`` and below (``report --serve``).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from threading import Thread
+
+import pytest
+
+from auditgame import sandbox
+from auditgame.access import Budget
+from auditgame.errors import ZooError
+from auditgame.game import AuditorSpec, Game, play
+from auditgame.report import report_server
+from auditgame.run import sealed
+from auditgame.run.local import LocalExecutor
+from auditgame.run.sealed import close_children
+from auditgame.store import UNREVEALED, Store
+
+HOSTILE = "hostile_auditors"
+BUDGET = Budget(seconds=5, n_clean=20)
+
+
+def test_this_machine_can_seal_a_game() -> None:
+    """Fails, never skips, without bubblewrap: ``make test`` installs it."""
+    assert sandbox.sealed(), sandbox.UNSEALED_WARNING
+
+
+@pytest.fixture
+def unsealed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Auditors run as plain processes of this user, as where no sandbox is available."""
+    close_children()
+    monkeypatch.setenv("AUDITGAME_UNSEALED", "1")
+    sandbox.bwrap.cache_clear()
+    yield
+    close_children()
+    monkeypatch.delenv("AUDITGAME_UNSEALED")
+    sandbox.bwrap.cache_clear()
+
+
+def hostile(name: str, **params: object) -> AuditorSpec:
+    return AuditorSpec(name=name, params=params, module=HOSTILE)
+
+
+def evidence(rows: list[dict], auditor: str) -> list[dict]:
+    return [json.loads(r["finding_json"])["evidence"] for r in rows if r["auditor"] == auditor]
+
+
+def snoop_game(tiny_zoo, store: Path) -> Game:
+    spec = hostile(
+        "hostile_snoop", zoo=str(tiny_zoo.zoo.root), key=str(tiny_zoo.key_path), store=str(store)
+    )
+    return Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="weight_stats"), spec],
+                budget=BUDGET)  # fmt: skip
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_sandboxed_auditor_reaches_no_key_secret_process_or_store(
+    tiny_zoo, tmp_path: Path, workers: int
+) -> None:
+    """Routes 1 (key beside the zoo), 5 (in the referee), 6 (/proc) and 7 (the store)."""
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        game_id = play(snoop_game(tiny_zoo, path), tiny_zoo.key, store, LocalExecutor(workers))
+        rows = store.rows(game_id)
+    key = tiny_zoo.key.decode()
+    assert HOSTILE not in sys.modules  # the plugin never ran in this process
+    assert {r["auditor"] for r in rows} == {"weight_stats", "hostile_snoop"}
+    assert len(rows) == 8 and all(r["sealed"] == 1 and r["error"] is None for r in rows)
+    assert {r["p_violation"] for r in rows if r["auditor"] == "hostile_snoop"} == {0.5}
+    for got in evidence(rows, "hostile_snoop"):
+        assert got["uid"] == 65534
+        assert got["tasks_on_stack"] == [] and got["secrets_alive"] == 0
+        assert got["key_file"] is None and got["zoo_json"] is None
+        assert key not in got["memory_keys"]
+        cmdlines = " ".join(c or "" for c in got["processes"].values())
+        assert str(tiny_zoo.zoo.root) not in cmdlines and str(path) not in cmdlines
+        assert got["store"] == [] and "store_written" not in got
+        assert got["network"] is not True
+
+
+def test_unsealed_the_same_auditor_takes_the_key_and_rewrites_the_store(
+    tiny_zoo, tmp_path: Path, unsealed: None
+) -> None:
+    """The attacks above are real: without the sandbox each one works."""
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        game_id = play(snoop_game(tiny_zoo, path), tiny_zoo.key, store, LocalExecutor(1))
+        rows = store.rows(game_id)
+    key = tiny_zoo.key.decode()
+    found = evidence(rows, "hostile_snoop")
+    assert all(r["sealed"] == 0 for r in rows if r["auditor"] != "fake")
+    assert all(key in got["key_file"] for got in found)
+    assert any(key in got["memory_keys"] for got in found)  # the referee's memory
+    assert any(got.get("store_written") for got in found)
+    assert "fake" in {r["auditor"] for r in rows}
+
+
+def fit_game(tiny_zoo, fits: Path) -> Game:
+    spec = hostile(
+        "hostile_fit", zoo=str(tiny_zoo.zoo.root), key=str(tiny_zoo.key_path), fits=str(fits)
+    )
+    honest = AuditorSpec(name="honest_fit", module=HOSTILE)
+    return Game(zoo=tiny_zoo.zoo.root, auditors=[honest, spec], budget=BUDGET)
+
+
+def test_a_fit_carries_nothing_out_and_cannot_touch_another_fit(tiny_zoo, tmp_path: Path) -> None:
+    """Route 4: the fitting stage runs sandboxed, before any secret is unsealed."""
+    fits = tmp_path / "fits"
+    with Store(tmp_path / "r.sqlite") as store:
+        game_id = play(fit_game(tiny_zoo, fits), tiny_zoo.key, store, LocalExecutor(2))
+        rows = store.rows(game_id)
+    assert len(rows) == 8
+    assert {r["p_violation"] for r in rows if r["auditor"] == "honest_fit"} == {0.25}
+    for got in evidence(rows, "hostile_fit"):
+        loot = got["loot"]
+        assert tiny_zoo.key.decode() not in loot
+        assert "'secrets_alive': 0" in loot and "'overwritten': []" in loot
+    (record,) = (fits / "digits").glob("honest_fit-*.json")
+    sha = json.loads(record.read_text())["sha256"]
+    assert sealed.checked_fit(sealed.Fit(fits / "digits" / f"{sha}.safetensors", sha))
+
+
+def test_unsealed_a_fit_steals_the_key_and_a_poisoned_fit_is_refused(
+    tiny_zoo, tmp_path: Path, unsealed: None
+) -> None:
+    fits = tmp_path / "fits"
+    with Store(tmp_path / "r.sqlite") as store, pytest.raises(ZooError, match="fit modified"):
+        play(fit_game(tiny_zoo, fits), tiny_zoo.key, store, LocalExecutor(1))
+    (record,) = (fits / "digits").glob("hostile_fit-*.json")
+    sha = json.loads(record.read_text())["sha256"]
+    loot = (fits / "digits" / f"{sha}.safetensors").read_bytes()
+    assert tiny_zoo.key in loot
+
+
+def test_only_data_crosses_and_a_broken_auditor_costs_only_its_own_rows(
+    tiny_zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Route 3 (code in evidence, run where it is unpickled), a finding in another auditor's
+    name, and a hang: each an error row for that auditor; the game and the others go on."""
+    monkeypatch.setattr(sealed, "HARD_LIMIT_SECONDS", 1.0)
+    marker = tmp_path / "pwned"
+    auditors = [
+        AuditorSpec(name="weight_stats"),
+        hostile("hostile_pickle", marker=str(marker)),
+        hostile("hostile_forge"),
+        hostile("hostile_hang"),
+    ]
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=auditors, budget=Budget(seconds=0.2))
+    with Store(tmp_path / "r.sqlite") as store:
+        game_id = play(game, tiny_zoo.key, store, LocalExecutor(1))
+        rows = store.rows(game_id)
+    assert not marker.exists()
+    assert len(rows) == 16
+    errors = {r["auditor"]: r["error"] for r in rows if r["error"]}
+    assert "Unable to serialize" in errors["hostile_pickle"]
+    assert "speaks for 'weight_stats'" in errors["hostile_forge"]
+    assert "no answer within" in errors["hostile_hang"]
+    assert "weight_stats" not in errors
+    assert all(r["p_violation"] == 0.5 for r in rows if r["auditor"] != "weight_stats")
+    assert len({r["p_violation"] for r in rows if r["auditor"] == "weight_stats"}) == 4
+
+
+def test_an_array_in_evidence_is_an_error_row_naming_auditor_and_organism(
+    tiny_zoo, tmp_path: Path
+) -> None:
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[hostile("hostile_pickle", array=True)])
+    with Store(tmp_path / "r.sqlite") as store:
+        rows = store.rows(play(game, tiny_zoo.key, store, LocalExecutor(1)))
+    assert {r["organism_id"] for r in rows} == set(tiny_zoo.zoo.ids)
+    assert all("Unable to serialize" in r["error"] for r in rows)
+
+
+def test_secrets_reach_the_store_only_when_the_last_pair_is_judged(
+    tiny_zoo, tmp_path: Path
+) -> None:
+    """Route 7's other half: an early row tells nothing, even to a reader of the file."""
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="weight_stats")])
+    seen: list[set[str]] = []
+    with Store(tmp_path / "r.sqlite") as store:
+
+        def look(_: object) -> None:
+            seen.append({r["secret_json"] for r in store.rows(game.id)})
+
+        play(game, tiny_zoo.key, store, LocalExecutor(1), on_score=look)
+        rows = store.rows(game.id)
+    assert seen == [{UNREVEALED}] * 4
+    for r in rows:
+        assert (
+            json.loads(r["secret_json"])["backdoored"]
+            == tiny_zoo.secret(r["organism_id"]).backdoored
+        )
+
+
+def test_report_serve_serves_the_report_and_nothing_beside_it(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "report.html").write_text("<p>report</p>")
+    (tmp_path / "zoo.key").write_text("secret")
+    (out / "zoo.key").write_text("secret")
+    (out / "report.md").symlink_to(tmp_path / "zoo.key")
+    server = report_server(out)
+    Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        for path in ("/report.html", "/", "/report.html?x=1"):
+            assert urllib.request.urlopen(base + path).read() == b"<p>report</p>", path
+        for path in ("/zoo.key", "/report.md", "/../zoo.key", "/%2e%2e/zoo.key", "/out/"):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(base + path)
+            assert info.value.code == 404, path
+    finally:
+        server.shutdown()
+        server.server_close()
