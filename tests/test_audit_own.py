@@ -228,6 +228,10 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
             "threat_model.mask_pattern.max_mask_l1: Field required",
         ),
         (yaml.safe_dump(spec_dict(tua=0.3)), "tua: Extra inputs are not permitted"),
+        (
+            yaml.safe_dump(spec_dict(threat_model={"kind": "mask_pattern", "max_mask_l1": 1e999})),
+            "max_mask_l1: Input should be a finite number",
+        ),
         (yaml.safe_dump(spec_dict(input_shape=[8, 8])), "input_shape: List should have at least 3"),
         (yaml.safe_dump(spec_dict(labels=["a", "a"])), "labels must be distinct"),
         (

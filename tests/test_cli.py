@@ -109,3 +109,11 @@ def test_play_says_which_auditors_it_skips(tiny_zoo, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "skipped weight_battery: it does not examine digits" in result.stderr
     assert {row["auditor"] for row in json.loads(result.stdout)} == {"weight_stats"}
+
+
+def test_a_hostile_param_is_one_usage_error(tiny_zoo) -> None:
+    organism = str(tiny_zoo.zoo.organism_path(tiny_zoo.zoo.ids[0]))
+    for value, expected in (("[" * 5000, "nested too deeply"), ("x" * 70_000, "over 65536")):
+        result = runner.invoke(app, ["audit", organism, "--param", f"steps={value}"])
+        assert result.exit_code == 2 and expected in result.output
+        assert "Traceback" not in result.output and len(result.output) < 2000

@@ -18,6 +18,7 @@ from auditgame.organism import (
     WEIGHTS,
     Organism,
     build_model,
+    max_file_bytes,
     read_weights,
 )
 from auditgame.run.local import LocalExecutor
@@ -177,6 +178,24 @@ def test_a_header_over_100_mb_is_refused_unread(tmp_path: Path) -> None:
         handle.write(struct.pack("<Q", MAX_HEADER_BYTES + 1))
         handle.truncate(MAX_HEADER_BYTES + 16)  # sparse: no 100 MB written
     with pytest.raises(ZooError, match="over 100 MB"):
+        read_weights(path)
+
+
+def test_a_file_larger_than_half_the_memory_is_refused_unread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "w.safetensors"
+    with path.open("wb") as handle:
+        handle.truncate(max_file_bytes() + 1)  # sparse: nothing written
+    with pytest.raises(ZooError, match=r"half this machine's memory.*AUDITGAME_MAX_WEIGHTS_BYTES"):
+        read_weights(path)
+    path.write_bytes(
+        safetensors_bytes(
+            b'{"w": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}', b"\0" * 4
+        )
+    )
+    monkeypatch.setenv("AUDITGAME_MAX_WEIGHTS_BYTES", "16")
+    with pytest.raises(ZooError, match=r"over the 0\.0 GiB"):
         read_weights(path)
 
 

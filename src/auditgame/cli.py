@@ -66,16 +66,24 @@ def _fail(exc: Exception) -> None:
     raise typer.Exit(code=2)
 
 
+# A parameter is a number, a word or a small JSON value, never a payload.
+MAX_PARAM_CHARS = 65536
+
+
 def _parse_params(pairs: list[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep:
-            raise typer.BadParameter(f"--param takes NAME=VALUE, got {pair!r}")
+            raise typer.BadParameter(f"--param takes NAME=VALUE, got {pair[:80]!r}")
+        if len(value) > MAX_PARAM_CHARS:
+            raise typer.BadParameter(f"--param {name[:40]}: over {MAX_PARAM_CHARS} characters")
         try:
             params[name] = json.loads(value)
         except json.JSONDecodeError:
             params[name] = value
+        except RecursionError:
+            raise typer.BadParameter(f"--param {name[:40]}: JSON nested too deeply") from None
     return params
 
 

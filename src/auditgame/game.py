@@ -125,6 +125,11 @@ def play(
     fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
     hidden = hidden_paths(game, store, fits_root)
     infos = describe_auditors(game, store, fits_root)
+    # A sandbox sees the base-model cache read-only (what it builds stays its own): build a
+    # text family's base here once, not in every sandbox.
+    base_model = getattr(family, "base_model", None)
+    if callable(base_model):
+        base_model()
     game_id = game.id
     store.add_game(game_id, game.describe())
     done = store.finished(game_id)

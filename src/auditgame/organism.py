@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,17 @@ def sha256_file(path: Path) -> str:
 
 # The safetensors library refuses headers over 100 MB; so do we, before reading one.
 MAX_HEADER_BYTES = 100_000_000
+MAX_FILE_VARIABLE = "AUDITGAME_MAX_WEIGHTS_BYTES"
+
+
+def max_file_bytes() -> int:
+    """The largest weights file read: half this machine's memory, unless
+    ``AUDITGAME_MAX_WEIGHTS_BYTES`` says otherwise (a file past it would end in a
+    ``MemoryError`` or the out-of-memory killer, not a message)."""
+    override = os.environ.get(MAX_FILE_VARIABLE)
+    if override:
+        return int(override)
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
 
 
 def check_safetensors_header(path: Path) -> None:
@@ -43,11 +55,19 @@ def check_safetensors_header(path: Path) -> None:
 
     A safetensors file is an 8-byte little-endian header length, a JSON header, then the tensor
     bytes; the header's offsets say how long the file must be, which catches truncation even
-    before the hash is compared. The file is untrusted: the header is read only up to
-    ``MAX_HEADER_BYTES``, and every tensor entry must be an object with two ordered,
-    non-negative ``data_offsets``, so a hostile header ends in a ``ZooError``, not a traceback.
+    before the hash is compared. The file is untrusted: a file over ``max_file_bytes()`` is
+    refused unread, the header is read only up to ``MAX_HEADER_BYTES``, and every tensor
+    entry must be an object with two ordered, non-negative ``data_offsets``, so a hostile
+    header ends in a ``ZooError``, not a traceback.
     """
     size = path.stat().st_size
+    if size > max_file_bytes():
+        raise ZooError(
+            path,
+            f"{size / 2**30:.1f} GiB, over the {max_file_bytes() / 2**30:.1f} GiB read at most "
+            "(half this machine's memory)",
+            f"set {MAX_FILE_VARIABLE} to raise the limit",
+        )
     with path.open("rb") as handle:
         prefix = handle.read(8)
         if len(prefix) < 8:

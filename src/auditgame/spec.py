@@ -54,7 +54,7 @@ class MaskPatternThreat(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["mask_pattern"] = "mask_pattern"
-    max_mask_l1: float = Field(gt=0)
+    max_mask_l1: float = Field(gt=0, allow_inf_nan=False)
 
     def contains(self, trigger: Trigger) -> bool:
         return trigger.l1 <= self.max_mask_l1 + 1e-6
@@ -94,7 +94,7 @@ class AdditiveThreat(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: Literal["additive_l2"] = "additive_l2"
-    max_norm: float = Field(gt=0)
+    max_norm: float = Field(gt=0, allow_inf_nan=False)
 
     def contains(self, trigger: AdditiveTrigger) -> bool:
         return trigger.norm <= self.max_norm * (1 + 1e-6)
