@@ -109,6 +109,8 @@ def command(module: str, mounts: Mounts) -> tuple[list[str], dict[str, str]]:
     }
     argv = [path, "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534"]
     argv += ["--die-with-parent", "--new-session", "--cap-drop", "ALL", "--clearenv"]
+    # Fresh /proc, /dev and /tmp first: a bound folder may itself live under /tmp.
+    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     argv += _system_binds()
     bound: list[Path] = []
     for folder in _python_roots() + [Path(p) for p in _import_path()]:
@@ -118,7 +120,6 @@ def command(module: str, mounts: Mounts) -> tuple[list[str], dict[str, str]]:
     for secret in mounts.hidden:
         if any(_within(secret, b) for b in bound) and secret.exists():
             argv += ["--tmpfs", str(secret)]
-    argv += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     if os.environ.get("AUDITGAME_DEVICE", "").startswith("cuda"):
         # The GPU's device files, for an auditor asked to run on it (--device cuda).
         for dev in sorted(Path("/dev").glob("nvidia*")):
