@@ -11,6 +11,7 @@ must succeed there: the test would fail if the sandbox were gone. Routes 2 (the 
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
 import urllib.error
@@ -226,3 +227,23 @@ def test_report_serve_serves_the_report_and_nothing_beside_it(tmp_path: Path) ->
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_the_sandbox_binds_code_read_only_and_nothing_of_the_referees(tmp_path: Path) -> None:
+    """What a child's command line mounts: the fresh /tmp before any bind (a checkout may
+    live under /tmp), import paths read-only, hidden folders covered, the key never bound."""
+    zoo = Path(sandbox._import_path()[0]) / "zoo-inside-an-import-path"
+    zoo.mkdir(exist_ok=True)
+    try:
+        mounts = sandbox.Mounts(tmp_path / "in", tmp_path / "scratch", hidden=(zoo,))
+        argv, _ = sandbox.command("auditgame.run.child", mounts)
+    finally:
+        zoo.rmdir()
+    pairs = list(itertools.pairwise(argv))
+    first_bind = argv.index("--ro-bind")
+    assert pairs.index(("--tmpfs", "/tmp")) < first_bind
+    assert ("--tmpfs", str(zoo)) in pairs
+    writable = [b for a, b in pairs if a == "--bind"]
+    assert writable == [str(tmp_path / "scratch")]
+    bound = sandbox.describe_mounts(argv)
+    assert not any(p.endswith(".key") or p.endswith(".sqlite") for p in bound)
