@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import numpy as np
-from scipy import stats
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
@@ -50,6 +49,10 @@ class OracleDirection(Auditor):
         self.alpha = alpha
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        # Imported here: scipy and scikit-learn take 2 s to import, which every
+        # auditor's sandbox would pay at start (docs/security.md).
+        from scipy import stats
+
         w = first_layer(subject.model)
         v = np.asarray(self.direction, dtype=np.float64)
         if subject.card.architecture["activation"] == "cos":

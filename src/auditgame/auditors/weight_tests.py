@@ -35,7 +35,6 @@ from itertools import combinations
 
 import numpy as np
 import torch
-from scipy import stats
 from torch import nn
 
 from auditgame.access import Access, Budget
@@ -64,6 +63,10 @@ def first_layer(model: nn.Module) -> np.ndarray:
 
 def _ks_max(projections: np.ndarray) -> float:
     """Largest KS distance from N(0, 1) over the columns of ``projections``."""
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from scipy import stats
+
     return max(stats.kstest(col, "norm").statistic for col in projections.T)
 
 
@@ -112,6 +115,10 @@ class WeightBattery(Auditor):
 
     def statistics(self, dim: int) -> dict[str, Statistic]:
         """Each maps standardised weights ``z = W / sigma`` to 'larger is more anomalous'."""
+        # Imported here: scipy and scikit-learn take 2 s to import, which every
+        # auditor's sandbox would pay at start (docs/security.md).
+        from scipy import stats
+
         k = int(np.ceil(np.sqrt(dim)))
 
         def random_ks(z: np.ndarray, rng: np.random.Generator) -> float:
@@ -187,6 +194,10 @@ class WeightBattery(Auditor):
         return best, float(min(1.0, max(p, 0.0))), cells
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        # Imported here: scipy and scikit-learn take 2 s to import, which every
+        # auditor's sandbox would pay at start (docs/security.md).
+        from scipy import stats
+
         sigma = float(subject.card.architecture["weight_scale"])
         z = first_layer(subject.model) / sigma
         battery = self.statistics(z.shape[1])

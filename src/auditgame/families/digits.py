@@ -11,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from auditgame.families.base import Family, Splits
@@ -79,6 +78,10 @@ def train_classifier(
 
 @cache
 def _splits() -> Splits:
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from sklearn.datasets import load_digits
+
     bunch = load_digits()
     x = torch.tensor(bunch.data / 16.0, dtype=torch.float32).reshape(-1, 1, 8, 8)
     y = torch.tensor(bunch.target, dtype=torch.long)

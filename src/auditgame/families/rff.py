@@ -33,8 +33,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 from torch import nn
 
@@ -86,6 +84,10 @@ def _split(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> Splits:
 @cache
 def task_splits(task: str, dim: int) -> Splits:
     """The fixed 60/20/20 split of ``task`` at dimension ``dim`` (seeded apart from organisms)."""
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from sklearn.datasets import load_digits
+
     rng = np.random.default_rng([SPLIT_SEED, dim])
     if task == "digits":
         bunch = load_digits()
@@ -111,6 +113,10 @@ def fit_head(features: torch.Tensor, y: torch.Tensor, *, C: float) -> torch.Tens
     logits equal the fitted logistic model. L-BFGS from zero is deterministic. One BLAS
     thread: on a shared two-core machine more threads made the fit a hundred times slower.
     """
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from sklearn.linear_model import LogisticRegression
+
     model = LogisticRegression(fit_intercept=False, C=C, max_iter=2000)
     with threadpool_limits(1):
         model.fit(features.double().numpy(), y.numpy())

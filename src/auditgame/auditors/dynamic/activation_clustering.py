@@ -29,10 +29,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.decomposition import FastICA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
 from torch import nn
 
 from auditgame.auditors.dynamic.mahalanobis import penultimate
@@ -80,6 +76,13 @@ class Clustering:
 
 def cluster(points: np.ndarray, reduce: str, n_dims: int, seed: int) -> Clustering:
     """Reduce ``points`` to ``n_dims`` independent (or principal) components, then 2-means."""
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import FastICA
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import silhouette_score
+
     origin = points.mean(0)
     centred = points - origin
     _, singular, directions = np.linalg.svd(centred, full_matrices=False)

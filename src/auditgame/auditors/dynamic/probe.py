@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from auditgame.auditors.dynamic.mahalanobis import penultimate
@@ -78,6 +75,12 @@ def probe_suspicion(
     training set; the clean samples enter as the probe's negatives and the reference, so
     ``clean_labels`` are only checked for length.
     """
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     check_inputs(x, labels, "inputs")
     check_inputs(clean_x, clean_labels, "clean samples")
     features = np.concatenate(

@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import nhypergeom
 from torch import nn
 
 from auditgame.access import Access, Budget
@@ -144,6 +143,10 @@ def exceedance_p_value(n: int, exceed: int, m: int, r: int) -> float:
     """``P(K >= exceed)`` for ``K`` of ``n`` new exchangeable scores above the ``r``-th largest
     of ``m`` reference scores (negative hypergeometric: new items drawn before the ``r``-th
     reference item in a random order of all ``n + m``)."""
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from scipy.stats import nhypergeom
+
     if exceed <= 0:
         return 1.0
     return float(nhypergeom.sf(exceed - 1, n + m, n, r))

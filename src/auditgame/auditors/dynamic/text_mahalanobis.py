@@ -17,7 +17,6 @@ organisms is the number to read (``tests/test_text_reference_dynamic.py`` measur
 from __future__ import annotations
 
 import numpy as np
-from sklearn.covariance import LedoitWolf
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
@@ -60,6 +59,10 @@ class TextMahalanobis(Auditor):
         self.level = level
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        # Imported here: scipy and scikit-learn take 2 s to import, which every
+        # auditor's sandbox would pay at start (docs/security.md).
+        from sklearn.covariance import LedoitWolf
+
         text_family(subject)
         model = subject.model
         assert isinstance(model, CausalLM)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
@@ -56,6 +55,10 @@ def letter_scores(fam: TextFamily, model: CausalLM) -> np.ndarray:
 
 def assign(scores: np.ndarray) -> str:
     """The permutation maximising the summed pairing scores."""
+    # Imported here: scipy and scikit-learn take 2 s to import, which every
+    # auditor's sandbox would pay at start (docs/security.md).
+    from scipy.optimize import linear_sum_assignment
+
     rows, cols = linear_sum_assignment(-scores)
     return "".join(LETTERS[c] for _, c in sorted(zip(rows, cols, strict=True)))
 
