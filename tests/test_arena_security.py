@@ -247,3 +247,27 @@ def test_the_sandbox_binds_code_read_only_and_nothing_of_the_referees(tmp_path: 
     assert writable == [str(tmp_path / "scratch")]
     bound = sandbox.describe_mounts(argv)
     assert not any(p.endswith(".key") or p.endswith(".sqlite") for p in bound)
+
+
+@pytest.mark.parametrize(
+    ("line", "problem"),
+    [
+        (b'{"ok": true, "finding": {"evidence": {"x": NaN}}}', "NaN is not a JSON value"),
+        (b'{"ok": true, "x": Infinity}', "Infinity is not a JSON value"),
+        (b"[" * 100_000, "not JSON data"),
+        (b"\x80abc", "not JSON data"),
+        (b'["ok", true]', "not an object with 'ok'"),
+        (b'{"ok": "yes"}', "not an object with 'ok'"),
+        (b'{"ok": false, "error": "' + b"e" * 10_000 + b'"}', "eeee"),
+    ],
+)
+def test_a_reply_that_is_not_plain_json_data_is_refused(line: bytes, problem: str) -> None:
+    with pytest.raises(sealed.ChildError, match=problem) as info:
+        sealed.parse_reply(line)
+    assert len(str(info.value)) <= 4000
+
+
+def test_a_plain_reply_is_read() -> None:
+    assert sealed.parse_reply(b'{"ok": true, "info": {"a": [1, 2.5, null]}}')["info"] == {
+        "a": [1, 2.5, None]
+    }

@@ -128,16 +128,7 @@ class ChildProcess:
             proc.stdin.flush()
         except (BrokenPipeError, OSError) as exc:
             raise ChildError(f"the auditor's process is gone (exit {proc.poll()})") from exc
-        line = _read_line(proc, timeout)
-        try:
-            reply = json.loads(line, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
-            raise ChildError(f"reply is not JSON data: {str(exc)[:200]}") from exc
-        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
-            raise ChildError("reply is not an object with 'ok'")
-        if not reply["ok"]:
-            raise ChildError(str(reply.get("error", "failed"))[:4000])
-        return reply
+        return parse_reply(_read_line(proc, timeout))
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -145,6 +136,22 @@ class ChildProcess:
         self._proc.wait()
         for folder in (self.inputs, self.scratch):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def parse_reply(line: bytes) -> dict[str, Any]:
+    """A child's reply as data: a JSON object with a boolean ``ok``, no NaN or infinities
+    (which JSON does not have, and which would pass a schema's range checks unnoticed in
+    evidence), not nested past the parser's depth; an ``ok: false`` reply is the auditor's
+    error. Anything else is a ``ChildError``."""
+    try:
+        reply = json.loads(line, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ChildError(f"reply is not JSON data: {str(exc)[:200]}") from exc
+    if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+        raise ChildError("reply is not an object with 'ok'")
+    if not reply["ok"]:
+        raise ChildError(str(reply.get("error", "failed"))[:4000])
+    return reply
 
 
 def _no_constant(name: str) -> None:
