@@ -38,22 +38,24 @@ def _read(path: str) -> str | None:
         return None
 
 
-def _memory_keys(pid: int, limit: int = 16 << 20) -> list[str]:
-    """Key-like strings in the writable memory of process ``pid`` (route 6), in its regions
-    of up to ``limit`` bytes (Python's small objects; not the big tensor buffers)."""
+def _memory_keys(pid: int) -> list[str]:
+    """Key-like strings in the anonymous writable memory of process ``pid`` (route 6): the
+    heap and the mappings Python's allocator makes, which the kernel may merge into one."""
     found: set[str] = set()
     try:
         maps = Path(f"/proc/{pid}/maps").read_text().splitlines()
         with open(f"/proc/{pid}/mem", "rb") as mem:
             for line in maps:
-                span, perms = line.split()[:2]
-                start, end = (int(x, 16) for x in span.split("-"))
-                if not perms.startswith("rw") or end - start > limit:
+                fields = line.split()
+                span, perms = fields[:2]
+                name = fields[5] if len(fields) > 5 else ""
+                if not perms.startswith("rw") or name not in ("", "[heap]"):
                     continue
+                start, end = (int(x, 16) for x in span.split("-"))
                 try:
                     mem.seek(start)
                     found.update(m.decode() for m in KEYLIKE.findall(mem.read(end - start)))
-                except (OSError, ValueError, OverflowError):
+                except (OSError, ValueError, OverflowError, MemoryError):
                     continue
     except OSError:
         return []
