@@ -37,12 +37,14 @@ from auditgame.provenance import code_fingerprint
 SHADOW_NAMESPACE = 0x5AD0_2026
 
 
-def fit_id(auditor: FittedAuditor, family: str) -> str:
+def fit_key(name: str, params: dict[str, object], family: str) -> str:
     """Same auditor, parameters, family and package source: same fit."""
-    text = json.dumps(
-        [auditor.name, auditor.get_params(), family, code_fingerprint()], sort_keys=True
-    )
+    text = json.dumps([name, params, family, code_fingerprint()], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fit_id(auditor: FittedAuditor, family: str) -> str:
+    return fit_key(auditor.name, auditor.get_params(), family)
 
 
 def fit_path(auditor: FittedAuditor, family: str, root: Path) -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import selectors
@@ -39,8 +38,8 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import FittedAuditor
 from auditgame.errors import AuditgameError, ZooError
 from auditgame.finding import Cost, Finding
+from auditgame.fitting import fit_key
 from auditgame.organism import CARD, WEIGHTS, Organism, check_safetensors_header, sha256_file
-from auditgame.provenance import code_fingerprint
 
 # The largest reply a child may send (a finding with its evidence and trigger).
 MAX_REPLY_BYTES = 16 * 1024 * 1024
@@ -279,9 +278,7 @@ def _info(raw: dict[str, Any], name: str) -> AuditorInfo:
 
 
 def fit_id(info: AuditorInfo, family: str) -> str:
-    """Same auditor, parameters, family and package source: same fit."""
-    text = json.dumps([info.name, info.params, family, code_fingerprint()], sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return fit_key(info.name, info.params, family)
 
 
 @dataclass(frozen=True)
