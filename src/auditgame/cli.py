@@ -22,12 +22,12 @@ from auditgame.access import Budget
 from auditgame.card import Card
 from auditgame.errors import AuditgameError
 from auditgame.fitting import fit_here
-from auditgame.game import AuditorSpec, Game, describe_auditors, play
+from auditgame.game import AuditorSpec, Game, describe_auditors, fits_root, play
 from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.organism import CARD, Organism
 from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
-from auditgame.run.sealed import fit_id
+from auditgame.run.sealed import fit_record
 from auditgame.run.task import check_witness, make_subject
 from auditgame.store import Store
 from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
@@ -341,9 +341,9 @@ def play_cmd(
             for skipped in sorted(set(names) - {i.name for i in playing}):
                 err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
             todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
-            fits = store.parent / "fits"
+            fits = fits_root(results)
             for info in playing:
-                recorded = fits / opened.family / f"{info.name}-{fit_id(info, opened.family)}.json"
+                recorded = fit_record(info, opened.family, fits)
                 if todo and info.fitted and not recorded.is_file():
                     err.print(
                         f"fitting {info.name} for {opened.family} before auditing (once; "

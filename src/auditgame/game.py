@@ -83,21 +83,26 @@ def auditor_seed(game_seed: int, organism_id: str, auditor: str) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def hidden_paths(game: Game, store: Store, fits_root: Path) -> tuple[Path, ...]:
+def hidden_paths(game: Game, store: Store, fits: Path) -> tuple[Path, ...]:
     """What a sandbox must not show even where a bound folder (an import path) contains it:
     the folder holding the zoo and its key, the store's folder, the fits."""
-    return tuple(p.resolve() for p in (Path(game.zoo).parent, store.path.parent, fits_root))
+    return tuple(p.resolve() for p in (Path(game.zoo).parent, store.path.parent, fits))
+
+
+def fits_root(store: Store, fits_dir: Path | None = None) -> Path:
+    """Where a game caches its auditors' fits: ``fits_dir``, default ``fits`` beside the
+    store."""
+    return Path(fits_dir) if fits_dir is not None else store.path.parent / "fits"
 
 
 def describe_auditors(
     game: Game, store: Store, fits_dir: Path | None = None
 ) -> dict[str, AuditorInfo]:
     """Each auditor's metadata, without running plugin code here (``auditor_info``)."""
-    zoo = Zoo(game.zoo)
-    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
-    hidden = hidden_paths(game, store, fits_root)
+    family = Zoo(game.zoo).family
+    hidden = hidden_paths(game, store, fits_root(store, fits_dir))
     return {
-        spec.name: auditor_info(spec.name, spec.params, zoo.family, hidden, module=spec.module)
+        spec.name: auditor_info(spec.name, spec.params, family, hidden, module=spec.module)
         for spec in game.auditors
     }
 
@@ -122,9 +127,9 @@ def play(
     zoo = Zoo(game.zoo)
     zoo.check_key(key)
     family = registry.get("family", zoo.family)()
-    fits_root = fits_dir if fits_dir is not None else store.path.parent / "fits"
-    hidden = hidden_paths(game, store, fits_root)
-    infos = describe_auditors(game, store, fits_root)
+    fits_folder = fits_root(store, fits_dir)
+    hidden = hidden_paths(game, store, fits_folder)
+    infos = describe_auditors(game, store, fits_folder)
     # A sandbox sees the base-model cache read-only (what it builds stays its own): build a
     # text family's base here once, not in every sandbox.
     base_model = getattr(family, "base_model", None)
@@ -137,7 +142,7 @@ def play(
     for spec in game.auditors:
         info = infos[spec.name]
         if info.fitted and info.supports and any((o, spec.name) not in done for o in zoo.ids):
-            fits[spec.name] = sealed_fit(info, zoo.family, Path(fits_root), hidden)
+            fits[spec.name] = sealed_fit(info, zoo.family, fits_folder, hidden)
 
     secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
     # Clean organisms' traffic carries a trigger of one of the zoo's own attacks, so traffic

@@ -31,12 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from auditgame import registry, sandbox
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import FittedAuditor
 from auditgame.errors import AuditgameError, ZooError
+from auditgame.families.base import Dataset
 from auditgame.finding import Cost, Finding
 from auditgame.fitting import fit_key
 from auditgame.organism import CARD, WEIGHTS, Organism, check_safetensors_header, sha256_file
@@ -277,8 +279,9 @@ def _info(raw: dict[str, Any], name: str) -> AuditorInfo:
 # --- fitting stages ----------------------------------------------------------------------
 
 
-def fit_id(info: AuditorInfo, family: str) -> str:
-    return fit_key(info.name, info.params, family)
+def fit_record(info: AuditorInfo, family: str, root: Path) -> Path:
+    """Where ``sealed_fit`` records the address of this auditor's fit for ``family``."""
+    return Path(root) / family / f"{info.name}-{fit_key(info.name, info.params, family)}.json"
 
 
 @dataclass(frozen=True)
@@ -297,8 +300,8 @@ def sealed_fit(info: AuditorInfo, family: str, root: Path, hidden: tuple[Path, .
     them content-addressed (``root/family/<sha256>.safetensors``) and records the address in
     ``root/family/<auditor>-<fit id>.json``. A fit is made before any secret is unsealed.
     """
-    folder = Path(root) / family
-    record = folder / f"{info.name}-{fit_id(info, family)}.json"
+    record = fit_record(info, family, root)
+    folder = record.parent
     folder.mkdir(parents=True, exist_ok=True)
     with open(record.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -389,8 +392,8 @@ def audit(
     budget: Budget,
     seed: int,
     *,
-    clean: dict[str, Any] | None,
-    traffic: Any | None,
+    clean: Dataset | None,
+    traffic: torch.Tensor | None,
     fit: Fit | None = None,
     hidden: tuple[Path, ...] = (),
 ) -> tuple[Finding, bool]:
@@ -437,7 +440,7 @@ def _forget(child: ChildProcess) -> None:
 
 
 def _stage(
-    folder: Path, organism: Organism, clean: dict[str, Any] | None, traffic: Any | None
+    folder: Path, organism: Organism, clean: Dataset | None, traffic: torch.Tensor | None
 ) -> None:
     """Copy the organism's public files (hard links where possible) and write the data the
     auditor's access allows, as safetensors."""
@@ -449,6 +452,7 @@ def _stage(
         except OSError:
             shutil.copyfile(organism.path / name, target / name)
     if clean is not None:
-        save_file({k: v.contiguous() for k, v in clean.items()}, str(folder / "clean.safetensors"))
+        tensors = {"x": clean.x.contiguous(), "y": clean.y.contiguous()}
+        save_file(tensors, str(folder / "clean.safetensors"))
     if traffic is not None:
         save_file({"x": traffic.contiguous()}, str(folder / "traffic.safetensors"))

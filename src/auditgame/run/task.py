@@ -19,6 +19,7 @@ import torch
 
 from auditgame import registry
 from auditgame.access import Access, Budget
+from auditgame.families.base import Dataset
 from auditgame.finding import Finding
 from auditgame.organism import Organism
 from auditgame.run import sealed
@@ -78,18 +79,28 @@ def make_subject(
     """The subject for ``access``: model and card, plus the data that level allows, and the
     family's base model when the auditor declares ``reference``."""
     fam = registry.get("family", organism.card.family)()
-    clean = fam.data().val.take(budget.n_clean) if access >= Access.CLEAN_DATA else None
-    if access >= Access.DYNAMIC and traffic is None:
-        raise ValueError("a dynamic auditor needs run-time traffic, which only a game provides")
+    clean, traffic = access_data(organism, access, budget, traffic)
     return Subject(
         model=organism.model(),
         card=organism.card,
         access=access,
         clean=clean,
-        traffic=traffic if access >= Access.DYNAMIC else None,
+        traffic=traffic,
         # A copy: the subject freezes what it holds, and the family caches its base model.
         reference=copy.deepcopy(fam.base_model()) if reference else None,
     )
+
+
+def access_data(
+    organism: Organism, access: Access, budget: Budget, traffic: torch.Tensor | None
+) -> tuple[Dataset | None, torch.Tensor | None]:
+    """The data ``access`` allows, and nothing above it: ``n_clean`` validation samples from
+    ``CLEAN_DATA``, the run-time traffic at ``DYNAMIC``."""
+    fam = registry.get("family", organism.card.family)()
+    clean = fam.data().val.take(budget.n_clean) if access >= Access.CLEAN_DATA else None
+    if access >= Access.DYNAMIC and traffic is None:
+        raise ValueError("a dynamic auditor needs run-time traffic, which only a game provides")
+    return clean, traffic if access >= Access.DYNAMIC else None
 
 
 def check_witness(organism: Organism, finding: Finding) -> WitnessCheck | None:
@@ -105,14 +116,7 @@ def check_witness(organism: Organism, finding: Finding) -> WitnessCheck | None:
 def run_task(task: Task) -> Outcome:
     organism = Organism.open(task.organism_path)
     info = task.info
-    fam = registry.get("family", organism.card.family)()
-    clean = None
-    if info.access >= Access.CLEAN_DATA:
-        data = fam.data().val.take(task.budget.n_clean)
-        clean = {"x": data.x, "y": data.y}
-    traffic = task.traffic if info.access >= Access.DYNAMIC else None
-    if info.access >= Access.DYNAMIC and traffic is None:
-        raise ValueError("a dynamic auditor needs run-time traffic, which only a game provides")
+    clean, traffic = access_data(organism, info.access, task.budget, task.traffic)
     finding, was_sealed = sealed.audit(
         info,
         organism,
