@@ -18,6 +18,7 @@ Requests (``op``):
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -58,7 +59,9 @@ def load_subject(folder: Path, auditor: Auditor) -> Subject:
     if (folder / "traffic.safetensors").is_file():
         traffic = load_file(str(folder / "traffic.safetensors"))["x"]
     if auditor.reference:
-        reference = registry.get("family", organism.card.family)().base_model()
+        # A copy, as ``make_subject`` gives: the family caches its base model, and this child
+        # serves the next organism with the same cache.
+        reference = copy.deepcopy(registry.get("family", organism.card.family)().base_model())
     return Subject(
         model=organism.model(),
         card=organism.card,
