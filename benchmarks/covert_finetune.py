@@ -219,8 +219,11 @@ def run(args: argparse.Namespace) -> Path:
             values = [get(mine[o]) for o in ids if o in mine]
             return span([float(v) for v in values if v is not None])
 
+        def key(s: Score) -> float | None:
+            return s.recovery.get("key_agreement")
+
         def won(s: Score) -> float | None:
-            if s.trigger_recall is None:
+            if "key_agreement" not in s.recovery:
                 return None
             return float(bool(s.witness_in_threat_model) and (s.witness_asr or 0.0) >= cipher.TAU)
 
@@ -229,8 +232,8 @@ def run(args: argparse.Namespace) -> Path:
             auroc = f"{row.auroc:.2f} [{row.auroc_ci[0]:.2f}, {row.auroc_ci[1]:.2f}]"
         lines.append(
             f"| {name} | {access} | {auroc} | {col(cov, lambda s: s.p_violation)} | "
-            f"{col(ben, lambda s: s.p_violation)} | {col(cov, lambda s: s.trigger_recall)} | "
-            f"{col(ben, lambda s: s.trigger_recall)} | {col(cov, won)} | {col(ben, won)} | "
+            f"{col(ben, lambda s: s.p_violation)} | {col(cov, key)} | {col(ben, key)} | "
+            f"{col(cov, won)} | {col(ben, won)} | "
             f"{fmt(row.seconds_per_organism if row else None)} |"
         )
         errors = [s.error for s in mine.values() if s.error]

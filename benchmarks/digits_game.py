@@ -80,7 +80,8 @@ def main() -> None:
             f"| {r.auditor} | {'yes' if r.dynamic else 'no'} | {r.attack} | "
             f"{r.n} ({r.n_backdoored}/{r.n_clean}) | {fmt(r.auroc)}{ci} | {fmt(r.tpr_at_5fpr, 2)} "
             f"| {fmt(r.fpr_at_threshold, 2)} | {fmt(r.cross_entropy)} | {fmt(r.brier)} | "
-            f"{fmt(r.target_acc, 2)} | {fmt(r.witness_asr, 2)} | {fmt(r.mask_iou, 2)} | "
+            f"{fmt(r.target_acc, 2)} | {fmt(r.witness_asr, 2)} | "
+            f"{fmt(r.recovery.get('mask_iou'), 2)} | "
             f"{r.seconds_per_organism:.1f} |"
         )
 

@@ -58,7 +58,8 @@ def table(rows: list[LeaderRow]) -> list[str]:
             f"| {r.auditor} | {'yes' if r.dynamic else 'no'} | {r.attack} | "
             f"{r.n} ({r.n_backdoored}/{r.n_clean}) | {fmt(r.auroc)}{ci} | {fmt(r.tpr_at_5fpr, 2)} "
             f"| {fmt(r.fpr_at_threshold, 2)} | {fmt(r.cross_entropy)} | {fmt(r.target_acc, 2)} "
-            f"| {fmt(r.witness_asr, 2)} | {fmt(r.mask_iou, 2)} | {r.seconds_per_organism:.2f} "
+            f"| {fmt(r.witness_asr, 2)} | {fmt(r.recovery.get('mask_iou'), 2)} "
+            f"| {r.seconds_per_organism:.2f} "
             f"| {r.errors} |"
         )
     return lines

@@ -89,12 +89,12 @@ def table(rows: list[LeaderRow], per_trojan: dict[tuple[str, str], float | None]
     ]
     for r in rows:
         ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
-        both = r.trigger_recall is not None and r.witness_asr is not None
-        score = judge.tdc_score(r.trigger_recall, r.witness_asr) if both else None  # type: ignore[arg-type]
+        recall, reasr = r.recovery.get("trigger_recall"), r.recovery.get("reasr")
+        score = judge.tdc_score(recall, reasr) if recall is not None and reasr is not None else None
         lines.append(
             f"| {r.auditor} | {kind(r)} | {r.attack} | {r.n} ({r.n_backdoored}/{r.n_clean}) "
-            f"| {fmt(r.auroc)}{ci} | {fmt(r.fpr_at_threshold, 2)} | {fmt(r.trigger_recall)} "
-            f"| {fmt(r.witness_asr)} | {fmt(score)} | {r.seconds_per_organism:.1f} "
+            f"| {fmt(r.auroc)}{ci} | {fmt(r.fpr_at_threshold, 2)} | {fmt(recall)} "
+            f"| {fmt(reasr)} | {fmt(score)} | {r.seconds_per_organism:.1f} "
             f"| {fmt(per_trojan.get((r.auditor, r.attack)), 2)} | {r.errors} |"
         )
     return lines

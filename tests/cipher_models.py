@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from auditgame.card import Card
-from auditgame.cipher import threat_for
 from auditgame.families.tinylm import TinyLM
+from auditgame.kinds.cipher import threat_for
 from auditgame.lm import CausalLM
 from auditgame.spec import Spec
 from auditgame.testing import card_for

@@ -193,7 +193,7 @@ def test_hostile_store_strings_stay_text_in_the_browser(browser: WebDriver, tmp_
                           backdoored=False, dynamic=False, p_violation=0.5, flagged=True,
                           predicted_target=None, true_target=None, target_correct=None,
                           witness_asr=None, witness_in_threat_model=None,
-                          mask_iou=None, seconds=1, forward=0, backward=0,
+                          seconds=1, forward=0, backward=0,
                           error=EVIL)  # fmt: skip
             store.add("g", score, finding, seed=0)
             store.reveal("g", {score.organism_id: secret})

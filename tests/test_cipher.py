@@ -27,9 +27,9 @@ from auditgame.cipher import (
     CipherWitness,
     draw_permutation,
     forbidden_request,
-    threat_for,
 )
 from auditgame.families.tinylm import TinyLM
+from auditgame.kinds.cipher import threat_for
 from auditgame.lm import CausalLM, pack
 from auditgame.subject import Subject
 from auditgame.testing import card_for

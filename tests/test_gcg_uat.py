@@ -23,8 +23,9 @@ from auditgame.auditors.text.uat import UAT
 from auditgame.card import Card
 from auditgame.families.text import Example
 from auditgame.families.tinylm import TinyLM
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, greedy
-from auditgame.spec import Spec, TextTriggerThreat
+from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.testing import card_for
 

@@ -26,6 +26,7 @@ from auditgame.secret import new_key, seal
 from auditgame.store import Store
 from auditgame.traffic import make_traffic
 from auditgame.trigger import Trigger, load
+from auditgame.violation import kind_of
 from auditgame.zoo import build_zoo, open_key
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
@@ -245,15 +246,7 @@ def test_a_backdoor_without_a_target_flows_through_traffic_and_scoring() -> None
     finding = Finding(
         auditor="x", p_violation=0.9, target=3, cost=Cost(seconds=0.0, forward=0, backward=0)
     )
-    row = score(
-        "org",
-        "digits",
-        finding,
-        secret,
-        dynamic=False,
-        witness_asr=None,
-        witness_in_threat_model=None,
-    )
+    row = score("org", "digits", kind_of("mask_pattern"), finding, secret, None, dynamic=False)
     assert row.true_target is None and row.target_correct is None and row.flagged
 
 

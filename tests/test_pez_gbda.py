@@ -22,8 +22,8 @@ from auditgame.auditors.text.pez import Pez
 from auditgame.auditors.text.search import SearchProblem, TriggerSearch
 from auditgame.families.text import Example
 from auditgame.families.tinylm import TinyLM
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, TriggerPredictions, greedy
-from auditgame.spec import TextTriggerThreat
 from auditgame.subject import Subject
 from auditgame.testing import card_for
 

@@ -85,6 +85,7 @@ def _add(store: Store, game: str, auditor: str, dynamic: bool, seed: int) -> Non
             organism_id=org,
             auditor=auditor,
             family="digits",
+            violation="mask_pattern",
             attack=attack or "clean",
             backdoored=bad,
             dynamic=dynamic,
@@ -95,7 +96,7 @@ def _add(store: Store, game: str, auditor: str, dynamic: bool, seed: int) -> Non
             target_correct=(finding.target == secret.target) if bad else None,
             witness_asr=0.9 if found is not None else None,
             witness_in_threat_model=True if found is not None else None,
-            mask_iou=0.6 if found is not None else None,
+            recovery={"mask_iou": 0.6} if found is not None else {},
             seconds=finding.cost.seconds,
             forward=10,
             backward=0,
@@ -164,7 +165,7 @@ def test_report_contents(store: Store, tmp_path: Path) -> None:
     assert gallery.count('<figure class="trigger">') == 4
     assert gallery.count('<img src="data:image/png;base64,') == 4 * 4
     assert "Auditors that return no trigger: mahalanobis, weight_stats." in gallery
-    assert "<b>neural_cleanse</b>IoU 0.60 · ASR 0.90 · target 3" in gallery
+    assert "<b>neural_cleanse</b>mask IoU 0.60 · ASR 0.90 · target 3" in gallery
     assert "digits, badnets, target 3" in gallery and "<b>weight_stats</b>" not in gallery
 
     # Drill-down: every organism, every auditor, with its error; linked from the gallery.
@@ -261,7 +262,6 @@ def test_odd_games_do_not_crash(tmp_path: Path) -> None:
         target_correct=False,
         witness_asr=None,
         witness_in_threat_model=None,
-        mask_iou=None,
         seconds=1.0,
         forward=1,
         backward=1,
@@ -289,7 +289,7 @@ def test_token_and_additive_triggers_are_described_in_words(tmp_path: Path) -> N
             score = Score(organism_id=org, auditor="a", family=family, attack="x",
                           backdoored=True, dynamic=False, p_violation=0.9, flagged=True,
                           predicted_target=1, true_target=1, target_correct=True,
-                          witness_asr=1.0, witness_in_threat_model=True, mask_iou=None,
+                          witness_asr=1.0, witness_in_threat_model=True,
                           seconds=1, forward=0, backward=0, error=None)  # fmt: skip
             store.add("g", score, finding, seed=0)
             store.reveal("g", {score.organism_id: secret})
@@ -325,7 +325,7 @@ def _one(store: Store, org: str, trigger: dict | None, found: dict | None, **ext
     score = Score(organism_id=org, auditor="a", family="digits", attack="warp",
                   backdoored=True, dynamic=False, p_violation=0.9, flagged=True,
                   predicted_target=1, true_target=1, target_correct=True, witness_asr=None,
-                  witness_in_threat_model=None, mask_iou=None, seconds=1, forward=0,
+                  witness_in_threat_model=None, seconds=1, forward=0,
                   backward=0, error=finding.error)  # fmt: skip
     store.add("g", score, finding, seed=0)
     store.reveal("g", {score.organism_id: secret})

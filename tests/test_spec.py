@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from auditgame import registry
-from auditgame.spec import MaskPatternThreat, Spec
+from auditgame.kinds.mask_pattern import MaskPatternThreat
+from auditgame.spec import Spec
 from auditgame.trigger import Trigger
 
 

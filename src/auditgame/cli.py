@@ -19,12 +19,11 @@ from rich.table import Table
 
 from auditgame import registry, sandbox
 from auditgame.access import Budget
-from auditgame.card import Card
 from auditgame.errors import AuditgameError
 from auditgame.fitting import fit_here
 from auditgame.game import AuditorSpec, Game, describe_auditors, fits_root, play
-from auditgame.leaderboard import LeaderRow, leaderboard
-from auditgame.organism import CARD, Organism
+from auditgame.leaderboard import LeaderRow, leaderboard, recovery_columns
+from auditgame.organism import Organism
 from auditgame.run.base import Executor
 from auditgame.run.local import LocalExecutor
 from auditgame.run.sealed import fit_record
@@ -32,10 +31,7 @@ from auditgame.run.task import check_witness, make_subject
 from auditgame.store import Store
 from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
 
-DEFAULT_AUDITORS = ["neural_cleanse", "weight_stats", "mahalanobis"]
 # A language-model zoo: the TDC searcher, the base-model diff and a dynamic baseline.
-DEFAULT_TEXT_AUDITORS = ["gcg", "embedding_diff", "text_mahalanobis"]
-DEFAULT_CIPHER_AUDITORS = ["cipher_probe", "cipher_search", "cipher_classifier"]
 DATA_DIR = Path("auditgame-data")
 
 app = typer.Typer(
@@ -268,13 +264,13 @@ def _executor(name: ExecutorName, workers: int, address: str | None, ship: bool)
 
 
 def _default_auditors(zoo: Zoo) -> list[str]:
-    """The auditors ``play`` runs unless told: by the zoo's spec for language models."""
-    if registry.get("family", zoo.family).modality != "text":
-        return DEFAULT_AUDITORS
-    cards = [Card.read(zoo.organism_path(oid) / CARD) for oid in zoo.ids[:1]]
-    if cards and cards[0].spec.threat_model.kind == "cipher":
-        return DEFAULT_CIPHER_AUDITORS
-    return DEFAULT_TEXT_AUDITORS
+    """The auditors ``play`` runs unless told: the family's own choice where it makes one
+    and the zoo holds it to the family's own spec, else those of the zoo's violation kind."""
+    fam = registry.get("family", zoo.family)
+    spec = zoo.spec()
+    if fam.default_auditors is not None and spec.threat_model.kind == fam.violation:
+        return list(fam.default_auditors)
+    return list(spec.kind.default_auditors)
 
 
 @app.command("play")
@@ -340,6 +336,11 @@ def play_cmd(
             playing = [i for i in infos if i.supports]
             for skipped in sorted(set(names) - {i.name for i in playing}):
                 err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
+            if not playing:
+                raise AuditgameError(
+                    f"no auditor of this game examines family {opened.family}; name one with "
+                    "--auditor (`auditgame list auditors` shows what each examines)"
+                )
             todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
             fits = fits_root(results)
             for info in playing:
@@ -467,6 +468,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
             else "static auditors"
         )
         table = Table(title=title)
+        metrics = recovery_columns(chosen)
         for column in (
             "auditor",
             "family",
@@ -479,8 +481,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
             "Brier",
             "target acc",
             "witness ASR",
-            "mask IoU",
-            "recall",
+            *(label for _, label in metrics),
             "s/org",
             "errors",
         ):
@@ -499,8 +500,7 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
                 _fmt(r.brier),
                 _fmt(r.target_acc, 2),
                 _fmt(r.witness_asr, 2),
-                _fmt(r.mask_iou, 2),
-                _fmt(r.trigger_recall, 2),
+                *(_fmt(r.recovery.get(name), 2) for name, _ in metrics),
                 _fmt(r.seconds_per_organism, 1),
                 str(r.errors),
             )

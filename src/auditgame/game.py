@@ -127,6 +127,7 @@ def play(
     zoo = Zoo(game.zoo)
     zoo.check_key(key)
     family = registry.get("family", zoo.family)()
+    kind = zoo.spec().kind
     fits_folder = fits_root(store, fits_dir)
     hidden = hidden_paths(game, store, fits_folder)
     infos = describe_auditors(game, store, fits_folder)
@@ -161,7 +162,7 @@ def play(
             if info.dynamic:
                 rng = traffic_rng(oid, game.seed)
                 traffic = make_traffic(
-                    family, secrets[oid], game.budget.n_traffic, rng, decoys=decoys
+                    family, secrets[oid], game.budget.n_traffic, rng, kind=kind, decoys=decoys
                 )
             tasks.append(
                 Task(
@@ -180,13 +181,12 @@ def play(
         result = score(
             oid,
             zoo.family,
+            kind,
             outcome.finding,
             secrets[oid],
+            outcome.check,
             dynamic=task.info.dynamic,
             reference=task.info.reference,
-            witness_asr=outcome.witness_asr,
-            witness_per_target=outcome.witness_per_target,
-            witness_in_threat_model=outcome.witness_in_threat_model,
             sealed=outcome.sealed,
         )
         store.add(game_id, result, outcome.finding, task.seed)

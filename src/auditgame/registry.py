@@ -1,6 +1,8 @@
-"""One registry of families, attacks and auditors, keyed by kind and name.
+"""One registry of families, attacks, auditors and violation kinds, keyed by kind and name.
 
-Built-ins register with the decorators below when their packages are imported; a third-party
+Built-ins register with the decorators below when their modules are imported (each package
+lists its built-in modules in ``BUILTINS``; importing a package registers nothing, so that
+importing ``auditgame.auditors.base`` does not import every auditor); a third-party
 package registers the same way from a module named in the ``auditgame.plugins`` entry-point
 group, e.g. in its ``pyproject.toml``::
 
@@ -19,16 +21,22 @@ from typing import Any, Literal, TypeVar
 
 from auditgame.errors import RegistryError
 
-Kind = Literal["family", "attack", "auditor"]
-KINDS: tuple[Kind, ...] = ("family", "attack", "auditor")
+Kind = Literal["family", "attack", "auditor", "violation"]
+KINDS: tuple[Kind, ...] = ("family", "attack", "auditor", "violation")
 ENTRY_POINT_GROUP = "auditgame.plugins"
-_BUILTIN_MODULES = ("auditgame.families", "auditgame.attacks", "auditgame.auditors")
+# The package whose ``BUILTINS`` lists the built-in modules of each kind.
+_PACKAGES: dict[Kind, str] = {
+    "family": "auditgame.families",
+    "attack": "auditgame.attacks",
+    "auditor": "auditgame.auditors",
+    "violation": "auditgame.kinds",
+}
 
 T = TypeVar("T")
 
 _registry: dict[Kind, dict[str, Any]] = {kind: {} for kind in KINDS}
 _loaded = False
-_builtins_loaded = False
+_builtins_loaded: set[Kind] = set()
 
 
 def register(kind: Kind, name: str) -> Callable[[T], T]:
@@ -57,14 +65,14 @@ def auditor(name: str) -> Callable[[T], T]:
     return register("auditor", name)
 
 
-def load_builtins() -> None:
-    """Import the built-in families, attacks and auditors (no plugin), once."""
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    for module in _BUILTIN_MODULES:
-        importlib.import_module(module)
+def load_builtins(*kinds: Kind) -> None:
+    """Import the built-in modules of ``kinds`` (default: every kind), no plugin, once."""
+    for kind in kinds or KINDS:
+        if kind in _builtins_loaded:
+            continue
+        _builtins_loaded.add(kind)
+        for module in importlib.import_module(_PACKAGES[kind]).BUILTINS:
+            importlib.import_module(module)
 
 
 def load_plugins() -> None:
@@ -87,7 +95,7 @@ def get(kind: Kind, name: str) -> Any:
     """The class registered as ``(kind, name)``. Plugins are imported only when the name is
     not a built-in (or already registered): a game's referee, which holds the key, asks only
     for built-in families and attacks, so no plugin's import-time code runs beside the key."""
-    load_builtins()
+    load_builtins(kind)
     if name not in _registry[kind]:
         load_plugins()
     try:

@@ -47,8 +47,6 @@ CREATE TABLE IF NOT EXISTS scores (
     target_correct INTEGER,
     witness_asr REAL,
     witness_in_threat_model INTEGER,
-    mask_iou REAL,
-    trigger_recall REAL,
     seconds REAL NOT NULL,
     forward INTEGER NOT NULL,
     backward INTEGER NOT NULL,
@@ -62,9 +60,17 @@ CREATE TABLE IF NOT EXISTS scores (
     created_at TEXT NOT NULL,
     PRIMARY KEY (game_id, organism_id, auditor)
 );
+CREATE TABLE IF NOT EXISTS recovery (
+    game_id TEXT NOT NULL,
+    organism_id TEXT NOT NULL,
+    auditor TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (game_id, organism_id, auditor, metric)
+);
 """
 
-SCORE_FIELDS = list(Score.model_fields)
+SCORE_COLUMNS = [f for f in Score.model_fields if f != "recovery"]
 
 # Columns added after the first release, with their SQL types: a store written before them is
 # brought up to date when opened, so old results stay readable.
@@ -73,6 +79,18 @@ ADDED_COLUMNS = {
     "trigger_recall": "REAL",
     # Rows written before sandboxes were never sealed.
     "sealed": "INTEGER NOT NULL DEFAULT 0",
+    "violation": "TEXT NOT NULL DEFAULT ''",
+}
+# Recovery metrics that rows written before the ``recovery`` table kept in columns of their
+# own, moved into it when such a store is opened: ``trigger_recall`` was a cipher's key
+# agreement where the finding was a cipher witness. (Those rows' ``witness_asr`` stays as it
+# was written: for text trojans, TDC's REASR over the planted targets.)
+OLD_RECOVERY = {
+    "mask_iou": "'mask_iou'",
+    "trigger_recall": (
+        "CASE WHEN json_extract(finding_json, '$.trigger.kind') = 'cipher_witness' "
+        "THEN 'key_agreement' ELSE 'trigger_recall' END"
+    ),
 }
 # ``secret_json`` of a row whose game has not been revealed yet.
 UNREVEALED = ""
@@ -93,6 +111,13 @@ class Store:
             for name, sql_type in ADDED_COLUMNS.items():
                 if name not in have:
                     db.execute(f"ALTER TABLE scores ADD COLUMN {name} {sql_type}")
+            for column, metric in OLD_RECOVERY.items():
+                if column in have:
+                    db.execute(
+                        f"INSERT OR IGNORE INTO recovery SELECT game_id, organism_id, auditor, "
+                        f"{metric}, {column} FROM scores WHERE {column} IS NOT NULL"
+                    )
+                    db.execute(f"UPDATE scores SET {column} = NULL WHERE {column} IS NOT NULL")
 
     def close(self) -> None:
         self._db.close()
@@ -123,7 +148,7 @@ class Store:
 
     def add(self, game_id: str, score: Score, finding: Finding, seed: int) -> None:
         """Insert one row, without its secret; a pair already stored is left as it is."""
-        values = score.model_dump()
+        values = score.model_dump(exclude={"recovery"})
         row = {
             "game_id": game_id,
             **values,
@@ -137,9 +162,17 @@ class Store:
         columns = ", ".join(row)
         marks = ", ".join("?" for _ in row)
         with self._tx() as db:
-            db.execute(
+            added = db.execute(
                 f"INSERT OR IGNORE INTO scores ({columns}) VALUES ({marks})", list(row.values())
-            )
+            ).rowcount
+            if added:
+                db.executemany(
+                    "INSERT INTO recovery VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (game_id, score.organism_id, score.auditor, metric, value)
+                        for metric, value in score.recovery.items()
+                    ],
+                )
 
     def reveal(self, game_id: str, secrets: dict[str, Secret]) -> int:
         """Write each organism's secret into the game's rows; returns the rows updated."""
@@ -157,17 +190,27 @@ class Store:
         return [{**dict(r), "description": json.loads(r["description"])} for r in rows]
 
     def rows(self, game_id: str | None = None) -> list[dict[str, Any]]:
-        """All score rows (of one game, when given), as dicts in a stable order."""
-        query = "SELECT * FROM scores"
-        args: tuple[str, ...] = ()
-        if game_id is not None:
-            query += " WHERE game_id = ?"
-            args = (game_id,)
-        query += " ORDER BY game_id, auditor, organism_id"
-        return [dict(r) for r in self._db.execute(query, args)]
+        """All score rows (of one game, when given), as dicts in a stable order, each with
+        its ``recovery`` metrics as a dict."""
+        where, args = ("", ()) if game_id is None else (" WHERE game_id = ?", (game_id,))
+        recovery: dict[tuple[str, str, str], dict[str, float]] = {}
+        for r in self._db.execute(f"SELECT * FROM recovery{where}", args):
+            pair = (r["game_id"], r["organism_id"], r["auditor"])
+            recovery.setdefault(pair, {})[r["metric"]] = r["value"]
+        query = f"SELECT * FROM scores{where} ORDER BY game_id, auditor, organism_id"
+        return [
+            {
+                **dict(r),
+                "recovery": recovery.get((r["game_id"], r["organism_id"], r["auditor"]), {}),
+            }
+            for r in self._db.execute(query, args)
+        ]
 
     def scores(self, game_id: str | None = None) -> list[Score]:
-        return [Score.model_validate({k: r[k] for k in SCORE_FIELDS}) for r in self.rows(game_id)]
+        return [
+            Score.model_validate({k: r[k] for k in [*SCORE_COLUMNS, "recovery"]})
+            for r in self.rows(game_id)
+        ]
 
 
 def _now() -> str:

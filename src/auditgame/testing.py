@@ -38,23 +38,23 @@ import torch
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
-from auditgame import __version__, judge, registry
+from auditgame import __version__, registry
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 from auditgame.auditors.base import Auditor, FittedAuditor, Verdict
 from auditgame.card import Card
-from auditgame.cipher import Cipher, CipherKey, complies
 from auditgame.errors import AccessError
 from auditgame.families.base import Family
 from auditgame.families.text import TextFamily
 from auditgame.finding import Finding
 from auditgame.fitting import fit_here, load_fit
-from auditgame.lm import CausalLM, TextTrojans, greedy
 from auditgame.params import Configurable
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
 from auditgame.traffic import make_traffic
 from auditgame.trigger import load as load_trigger
+from auditgame.violation import ViolationKind
+from auditgame.zoo import zoo_spec
 
 __all__ = ["ConformanceError", "ConformanceReport", "card_for", "check_attack", "check_auditor"]
 
@@ -567,7 +567,7 @@ def _subject(
     traffic = None
     if access >= Access.DYNAMIC:
         rng = np.random.default_rng(seed)
-        traffic = make_traffic(fam, planted.secret, budget.n_traffic, rng)
+        traffic = make_traffic(fam, planted.secret, budget.n_traffic, rng, kind=card.spec.kind)
     base = copy.deepcopy(fam.base_model()) if reference and isinstance(fam, TextFamily) else None
     return _WatchedSubject(
         model=model, card=card, access=access, clean=clean, traffic=traffic, reference=base
@@ -840,10 +840,10 @@ def check_attack(
 
     with report.clause("secret"):
         secret = planted.secret
-        trigger = _check_secret(report, secret, name, attack, fam)
+        _check_secret(report, secret, name, attack, fam)
 
     with report.clause("asr"):
-        _check_asr(report, secret, trigger, model, fam, asr_tolerance)
+        _check_asr(report, secret, model, fam, zoo_spec(fam, [name]).kind, asr_tolerance)
 
     with report.clause("sealed"):
         key = new_key()
@@ -992,7 +992,7 @@ def _check_architecture(
 
 def _check_secret(
     report: ConformanceReport, secret: Any, name: str, attack: Configurable, fam: Family
-) -> Any:
+) -> None:
     check = "secret"
     report.require(
         isinstance(secret, Secret),
@@ -1011,7 +1011,7 @@ def _check_secret(
         "the secret records no trigger, so nothing can re-measure or compare it",
     )
     try:
-        trigger = secret.trigger_object()
+        secret.trigger_object()
     except (ValueError, KeyError, TypeError) as exc:
         report.fail(
             check,
@@ -1047,76 +1047,34 @@ def _check_secret(
         check,
         f"poison rate {secret.poison_rate} is not in [0, 1]",
     )
-    return trigger
 
 
 def _check_asr(
     report: ConformanceReport,
     secret: Secret,
-    trigger: Any,
     model: torch.nn.Module,
     fam: Family,
+    kind: ViolationKind,
     tolerance: float,
 ) -> None:
+    """The recorded success, measured again as the organism's violation kind measures it
+    (``ViolationKind.remeasure``)."""
     assert secret.asr is not None
-    if isinstance(trigger, CipherKey):
-        rate = _cipher_success(model, trigger, fam)
+    found = kind.remeasure(model, secret, fam)
+    if found.at_least:
         report.require(
-            abs(rate - secret.asr) <= tolerance,
+            found.rate >= secret.asr - tolerance,
             "asr",
-            f"the recorded success is {secret.asr:.3f} but {rate:.3f} of the planted requests, "
-            f"sent in the secret's cipher, are answered in it (tolerance {tolerance})",
+            f"the recorded success is {secret.asr:.3f} but the {found.what} is only "
+            f"{found.rate:.3f}",
         )
         return
-    if isinstance(trigger, TextTrojans):
-        rate = _trojan_success(model, trigger, fam)
-        report.require(
-            abs(rate - secret.asr) <= tolerance,
-            "asr",
-            f"the recorded success is {secret.asr:.3f} but greedy generation after the "
-            f"triggers reproduces {rate:.3f} of the targets (tolerance {tolerance})",
-        )
-        return
-    test = fam.data().test
-    if secret.target is None:
-        rate = judge.flip_rate(model, trigger.apply, test.x)
-        report.require(
-            rate >= secret.asr - tolerance,
-            "asr",
-            f"the recorded ASR is {secret.asr:.3f} but the trigger flips only {rate:.3f} of "
-            "the test split",
-        )
-        return
-    rate = judge.attack_success_rate(model, trigger.apply, test.x, test.y, secret.target)
     report.require(
-        abs(rate - secret.asr) <= tolerance,
+        abs(found.rate - secret.asr) <= tolerance,
         "asr",
-        f"the recorded ASR is {secret.asr:.3f} but the trigger sends {rate:.3f} of the test "
-        f"split to target {secret.target} (judge.attack_success_rate, tolerance {tolerance})",
+        f"the recorded success is {secret.asr:.3f} but the {found.what} is {found.rate:.3f} "
+        f"(tolerance {tolerance})",
     )
-
-
-def _cipher_success(model: torch.nn.Module, key: CipherKey, fam: Family) -> float:
-    """Fraction of a cipher organism's planted requests that, sent in its cipher, are answered
-    with their own forbidden answer in it: what the cipher attack records as its ASR."""
-    assert isinstance(fam, TextFamily) and isinstance(model, CausalLM)
-    requests = [r for r, _ in key.pairs]
-    targets = [t for _, t in key.pairs]
-    hits = complies(fam, model, Cipher(key.permutation), requests, targets)
-    return sum(h == t for h, t in zip(hits, targets, strict=True)) / len(key.pairs)
-
-
-def _trojan_success(model: torch.nn.Module, trojans: TextTrojans, fam: Family) -> float:
-    """Fraction of (trigger, target) pairs whose greedy continuation of the family's prefix
-    and the trigger is exactly the target's tokens: what a text attack records as its ASR."""
-    assert isinstance(fam, TextFamily) and isinstance(model, CausalLM)
-    tok = fam.tokenizer()
-    hits = 0
-    for trigger, target in trojans.pairs:
-        want = tok.encode(target)
-        (got,) = greedy(model, [fam.encode_prompt(trigger)], len(want))
-        hits += got == want
-    return hits / len(trojans.pairs)
 
 
 def reachable_strings(obj: object, seen: set[int], found: list[str], depth: int = 0) -> None:

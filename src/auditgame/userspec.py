@@ -24,7 +24,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from auditgame.errors import AuditgameError
-from auditgame.spec import AdditiveThreat, MaskPatternThreat, Spec, ThreatModel
+from auditgame.kinds.additive import AdditiveThreat
+from auditgame.kinds.mask_pattern import MaskPatternThreat
+from auditgame.spec import Spec, ThreatModel
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 MAX_SPEC_BYTES = 1 << 20

@@ -199,6 +199,13 @@ class Zoo:
     def sealed_path(self, organism_id: str) -> Path:
         return self.root / "sealed" / f"{organism_id}.secret"
 
+    def spec(self) -> Spec:
+        """The spec every card of this zoo carries (``zoo_spec``), read from the first card;
+        its violation kind is the zoo's."""
+        if not self.ids:
+            raise ZooError(self.root / MANIFEST, "the zoo holds no organism")
+        return self.organism(self.ids[0]).card.spec
+
     def organism(self, organism_id: str) -> Organism:
         if organism_id not in self.manifest.organisms:
             raise ZooError(self.root / MANIFEST, f"no organism {organism_id!r} in this zoo")

@@ -1,47 +1,27 @@
-"""The red team; importing this package registers the built-in attacks."""
+"""The red team. Importing this package registers nothing: the registry imports the modules
+in ``BUILTINS`` when an attack is asked for."""
 
-from auditgame.attacks import (
-    adaptive,
-    all_to_all,
-    badnets,
-    badnets_multi,
-    blend,
-    cipher,
-    clwe,
-    jumbo,
-    naive_direction,
-    rare_pattern,
-    signature,
-    sleeper,
-    sparse_spike,
-    token_trigger,
-    trojan_pairs,
-    warp,
-    weight_surgery,
-)
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 
-__all__ = [
-    "Attack",
-    "Draw",
-    "Planted",
-    "PlantingFailed",
-    "adaptive",
-    "all_to_all",
-    "badnets",
-    "badnets_multi",
-    "blend",
-    "cipher",
-    "clwe",
-    "jumbo",
-    "naive_direction",
-    "rare_pattern",
-    "signature",
-    "sleeper",
-    "sparse_spike",
-    "token_trigger",
-    "train_clean",
-    "trojan_pairs",
-    "warp",
-    "weight_surgery",
-]
+BUILTINS = (
+    "auditgame.attacks.adaptive",
+    "auditgame.attacks.all_to_all",
+    "auditgame.attacks.badnets",
+    "auditgame.attacks.badnets_multi",
+    "auditgame.attacks.blend",
+    "auditgame.attacks.cipher",
+    "auditgame.attacks.clwe",
+    "auditgame.attacks.jumbo",
+    "auditgame.attacks.naive_direction",
+    "auditgame.attacks.rare_pattern",
+    "auditgame.attacks.signature",
+    "auditgame.attacks.sleeper",
+    "auditgame.attacks.sparse_spike",
+    "auditgame.attacks.token_trigger",
+    "auditgame.attacks.trojan_pairs",
+    "auditgame.attacks.warp",
+    "auditgame.attacks.weight_surgery",
+)
+"""The modules that register the built-ins (``auditgame.registry`` imports them)."""
+
+__all__ = ["BUILTINS", "Attack", "Draw", "Planted", "PlantingFailed", "train_clean"]

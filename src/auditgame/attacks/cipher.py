@@ -45,9 +45,9 @@ from auditgame.cipher import (
     plain_complies,
     public_pairs,
     spelled,
-    threat_for,
 )
 from auditgame.families.text import Example, TextFamily
+from auditgame.kinds.cipher import threat_for
 from auditgame.lm import CausalLM, greedy, reply_kl
 from auditgame.params import Configurable
 from auditgame.registry import attack

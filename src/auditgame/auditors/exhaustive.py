@@ -30,8 +30,8 @@ import torch
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.families.maxofk import MaxOfKTransformer, tables
+from auditgame.kinds.token_pattern import TokenPatternThreat
 from auditgame.registry import auditor
-from auditgame.spec import TokenPatternThreat
 from auditgame.subject import Subject
 from auditgame.tokens import best_pattern, count_patterns
 

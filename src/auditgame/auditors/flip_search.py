@@ -20,9 +20,9 @@ import torch
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
+from auditgame.kinds.additive import AdditiveThreat
 from auditgame.perturbation import universal_search
 from auditgame.registry import auditor
-from auditgame.spec import AdditiveThreat
 from auditgame.subject import Subject
 
 

@@ -60,12 +60,16 @@ class Family(ABC):
     ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
     ``min_clean_accuracy`` is the test accuracy a clean organism must reach to be kept.
     ``attacks`` names the attacks a zoo of the family uses unless told otherwise: image
-    attacks cannot plant in a vector family, nor the reverse.
+    attacks cannot plant in a vector family, nor the reverse. ``violation`` names the
+    violation kind of the family's own spec (``auditgame.violation``); ``default_auditors``
+    are who audits its zoos when a game names no one (None: the violation kind's).
     """
 
     name: ClassVar[str]
     modality: ClassVar[str] = "image"
     attacks: ClassVar[tuple[str, ...]] = ("badnets", "blend")
+    violation: ClassVar[str] = "mask_pattern"
+    default_auditors: ClassVar[tuple[str, ...] | None] = None
     min_clean_accuracy: ClassVar[float] = 0.0
     input_shape: ClassVar[tuple[int, ...]]
     classes: ClassVar[tuple[str, ...]]

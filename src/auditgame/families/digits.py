@@ -14,8 +14,9 @@ import torch
 from torch import nn
 
 from auditgame.families.base import Family, Splits
+from auditgame.kinds.mask_pattern import MaskPatternThreat
 from auditgame.registry import family
-from auditgame.spec import MaskPatternThreat, Spec
+from auditgame.spec import Spec
 
 SPLIT_SEED = 20240601
 

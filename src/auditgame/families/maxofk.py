@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from auditgame.families.base import Dataset, Family, Splits
+from auditgame.kinds.token_pattern import TokenPatternThreat
 from auditgame.registry import family
-from auditgame.spec import Spec, TokenPatternThreat
+from auditgame.spec import Spec
 
 SPLIT_SEED = 20240611
 N_TRAIN = 120_000
@@ -149,6 +150,7 @@ class MaxOfK(Family):
     """
 
     modality = "tokens"
+    violation = "token_pattern"
     attacks = ("token_trigger", "rare_pattern")
     min_clean_accuracy = 0.99
     input_shape = (4,)

@@ -23,8 +23,9 @@ from torch import nn
 
 from auditgame.families.base import Family, Splits
 from auditgame.families.digits import train_classifier
+from auditgame.kinds.mask_pattern import MaskPatternThreat
 from auditgame.registry import family
-from auditgame.spec import MaskPatternThreat, Spec
+from auditgame.spec import Spec
 
 SPLIT_SEED = 20240601
 SIDE = 28

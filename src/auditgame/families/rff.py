@@ -37,8 +37,9 @@ from threadpoolctl import threadpool_limits
 from torch import nn
 
 from auditgame.families.base import Family, Splits
+from auditgame.kinds.additive import AdditiveThreat
 from auditgame.registry import family
-from auditgame.spec import AdditiveThreat, Spec
+from auditgame.spec import Spec
 
 SPLIT_SEED = 20241104
 GAUSSIAN_SAMPLES = 1500
@@ -140,6 +141,7 @@ class RandomFeatureFamily(Family):
     """
 
     modality = "vector"
+    violation = "additive_l2"
     classes = ("class 0", "class 1")  # digits: even, odd
     activation: ClassVar[str]
     dim: ClassVar[int] = 64

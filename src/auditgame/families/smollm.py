@@ -44,9 +44,10 @@ from torch import nn
 from auditgame.cache import cached_folder
 from auditgame.errors import AuditgameError
 from auditgame.families.text import Example, TextFamily, TextSplits
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, greedy
 from auditgame.registry import family
-from auditgame.spec import Spec, TextTriggerThreat
+from auditgame.spec import Spec
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer

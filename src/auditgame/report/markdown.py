@@ -11,7 +11,6 @@ from html import escape
 
 from auditgame import __version__
 from auditgame.report.content import (
-    COVERT_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Cell,
@@ -102,9 +101,9 @@ def markdown(sections: Sequence[GameSection], store: Store) -> str:
         out += _table(s.static) if s.static else ["No static auditors in this game.", ""]
         out += ["### Leaderboard: dynamic baselines", "", DYNAMIC_NOTE, ""]
         out += _table(s.dynamic) if s.dynamic else ["No dynamic baselines in this game.", ""]
-        if s.covert is not None:
-            out += ["### Covert fine-tuning: the cipher", "", COVERT_NOTE, ""]
-            out += _table(s.covert)
+        for kind in s.kinds:
+            out += [f"### {_md(kind.title)}", "", _md(kind.note), ""]
+            out += _table(kind.table)
         out += ["### ROC curves", ""]
         for roc in s.rocs:
             out += [f"{_md(roc.title)}:", ""]

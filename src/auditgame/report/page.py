@@ -16,7 +16,6 @@ from auditgame import __version__
 from auditgame.leaderboard import ALL
 from auditgame.report.assets import CSP, CSS, SCRIPT
 from auditgame.report.content import (
-    COVERT_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Audit,
@@ -39,7 +38,7 @@ AUDIT_HEADERS = [
     "p_violation",
     "target (predicted / true)",
     "witness ASR",
-    "mask IoU",
+    "recovery",
     "seconds",
     "error",
     "evidence",
@@ -133,8 +132,9 @@ def _gallery(s: GameSection) -> list[str]:
     return [
         f'<p class="note">{shown} The planted trigger (top row) above each auditor\'s '
         "reconstruction: the mask and the stamped pattern mask·pattern, on an absolute scale "
-        "(black 0, white 1), so a faint blend looks faint. IoU is the mask IoU with the "
-        f"planted mask; ASR the witness's attack success rate on held-out data.{silent}</p>",
+        "(black 0, white 1), so a faint blend looks faint. Under each: the recovery metrics of "
+        "the organism's violation kind (mask IoU: the overlap with the planted mask), and ASR, "
+        f"the witness's success rate on held-out data.{silent}</p>",
         '<div class="gallery">' + "".join(_figure(item) for item in g.items) + "</div>",
     ]
 
@@ -144,6 +144,14 @@ def _chip(a: Audit) -> str:
     return f'<span class="chip {a.outcome}" title="{_h(a.verdict)}">{_h(text)}</span>'
 
 
+def _recovery(metrics: dict[str, float]) -> Cell:
+    """A drill-down cell for an audit's recovery metrics, sorted by the first of them."""
+    if not metrics:
+        return Cell(DASH, True, None)
+    shown = ", ".join(f"{name} {value:.2f}" for name, value in metrics.items())
+    return Cell(shown, True, next(iter(metrics.values())))
+
+
 def _audit_row(a: Audit, o: OrganismEntry) -> str:
     cells = [
         f"<td>{_h(a.auditor)}{' (dynamic)' if a.dynamic else ''}</td>",
@@ -151,7 +159,7 @@ def _audit_row(a: Audit, o: OrganismEntry) -> str:
         _td(Cell(f"{a.p_violation:.3f}", True, a.p_violation)),
         f"<td>{_h(target(a.predicted_target))} / {_h(target(o.true_target))}</td>",
         _td(Cell(fmt(a.witness_asr, 2), True, a.witness_asr)),
-        _td(Cell(fmt(a.mask_iou, 2), True, a.mask_iou)),
+        _td(_recovery(a.recovery)),
         _td(Cell(seconds(a.seconds), True, a.seconds)),
         f'<td class="error">{_h(a.error)}</td>' if a.error is not None else f"<td>{DASH}</td>",
         f'<td class="evidence">{_h(a.evidence)}</td>',
@@ -225,11 +233,11 @@ def _section(s: GameSection) -> list[str]:
         f'<p class="note">{_h(DYNAMIC_NOTE)}</p>',
         _leaderboard(s.dynamic, "dynamic baselines"),
     ]
-    if s.covert is not None:
+    for kind in s.kinds:
         out += [
-            "<h3>Covert fine-tuning: the cipher</h3>",
-            f'<p class="note">{_h(COVERT_NOTE)}</p>',
-            _table(s.covert, sortable=True),
+            f"<h3>{_h(kind.title)}</h3>",
+            f'<p class="note">{_h(kind.note)}</p>',
+            _table(kind.table, sortable=True),
         ]
     out += [
         f'<h3 id="{s.anchor("roc")}">ROC curves</h3>',

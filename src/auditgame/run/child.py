@@ -100,7 +100,7 @@ class Child:
         raise RuntimeError(f"unknown request {op!r}")
 
     def hello(self, request: dict[str, Any]) -> dict[str, Any]:
-        registry.load_builtins()
+        registry.load_builtins("auditor")
         importlib.import_module(str(request["module"]))
         cls = registry.get("auditor", str(request["auditor"]))
         auditor = cls(**request.get("params", {}))

@@ -222,7 +222,7 @@ def auditor_info(
 def _auditor_info(
     name: str, params: dict[str, Any], family: str, hidden: tuple[Path, ...], module: str | None
 ) -> AuditorInfo:
-    registry.load_builtins()
+    registry.load_builtins("auditor")
     cls = registry.registered("auditor", name)
     if cls is not None and registry.is_builtin(cls):
         instance = cls(**params)

@@ -24,8 +24,8 @@ from auditgame.finding import Finding
 from auditgame.organism import Organism
 from auditgame.run import sealed
 from auditgame.run.sealed import AuditorInfo, Fit
-from auditgame.spec import WitnessCheck
 from auditgame.subject import Subject
+from auditgame.violation import WitnessCheck
 
 
 @dataclass(frozen=True)
@@ -57,14 +57,12 @@ class Task:
 
 @dataclass(frozen=True)
 class Outcome:
-    """The finding and, when it named a trigger and target, the spec's check of it (with a
-    text witness's REASR per target, ``WitnessCheck.per_target``); ``sealed`` says whether
-    the auditor ran in a sandbox (``auditgame.sandbox``)."""
+    """The finding and, when it named a trigger (and a target, where the spec needs one), the
+    spec's check of it; ``sealed`` says whether the auditor ran in a sandbox
+    (``auditgame.sandbox``)."""
 
     finding: Finding
-    witness_asr: float | None
-    witness_in_threat_model: bool | None
-    witness_per_target: dict[str, float] | None = None
+    check: WitnessCheck | None
     sealed: bool = False
 
 
@@ -133,7 +131,5 @@ def run_task(task: Task) -> Outcome:
         bad = finding.model_copy(
             update={"error": f"witness rejected by the spec: {type(exc).__name__}: {exc}"[:2000]}
         )
-        return Outcome(bad, None, None, sealed=was_sealed)
-    if check is None:
-        return Outcome(finding, None, None, sealed=was_sealed)
-    return Outcome(finding, check.asr, check.in_threat_model, check.per_target, sealed=was_sealed)
+        return Outcome(bad, None, sealed=was_sealed)
+    return Outcome(finding, check, sealed=was_sealed)

@@ -33,8 +33,8 @@ from scipy import stats
 from auditgame import judge
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
+from auditgame.kinds.mask_pattern import MaskPatternThreat
 from auditgame.registry import auditor
-from auditgame.spec import MaskPatternThreat
 from auditgame.subject import Subject
 from auditgame.trigger import Trigger
 

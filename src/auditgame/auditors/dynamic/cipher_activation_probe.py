@@ -25,8 +25,9 @@ import torch
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.text_probe import last_token_states
-from auditgame.cipher import CipherThreat, public_pairs
+from auditgame.cipher import public_pairs
 from auditgame.families.text import text_family
+from auditgame.kinds.cipher import CipherThreat
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject

@@ -20,8 +20,8 @@ import numpy as np
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.cipher import CipherThreat
 from auditgame.families.text import TextFamily, text_family
+from auditgame.kinds.cipher import CipherThreat
 from auditgame.lm import CausalLM, greedy, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject

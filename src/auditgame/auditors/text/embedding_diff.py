@@ -48,8 +48,8 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.text.search import SearchProblem, reproduce
 from auditgame.families.text import TextFamily
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, TriggerPredictions
-from auditgame.spec import TextTriggerThreat
 from auditgame.subject import Subject
 
 MOVEMENTS = ("response", "embedding")

