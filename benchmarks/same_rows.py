@@ -33,7 +33,10 @@ from pathlib import Path
 from typing import Any
 
 # Columns that measure the run rather than the verdict, or name the code that made it.
-VOLATILE = {"seconds", "created_at", "package_version", "finding_json", "secret_json", "game_id"}
+VOLATILE = {"seconds", "created_at", "package_version", "git_revision", "finding_json",
+            "secret_json", "game_id"}  # fmt: skip
+# Columns a newer revision adds, reported as added rather than as differences.
+ADDED = {"violation"}
 HUGE = 10_000.0
 """Seconds given to each auditor: none of these games' auditors needs a tenth of it."""
 
@@ -103,26 +106,52 @@ def record(out: Path) -> None:
     print(f"{out}: " + ", ".join(f"{g} {len(r)} rows" for g, r in rows.items()))
 
 
+def upgrade(row: dict[str, Any], game: str) -> dict[str, Any]:
+    """A row recorded before the recovery table (its ``mask_iou`` and ``trigger_recall``
+    columns), read as the store reads such a row (``store.OLD_RECOVERY``): the columns become
+    recovery metrics, ``trigger_recall`` of a cipher game being key agreement."""
+    out = {k: v for k, v in row.items() if k not in ("mask_iou", "trigger_recall", *VOLATILE)}
+    if row.get("mask_iou") is not None:
+        out["mask_iou"] = row["mask_iou"]
+    if row.get("trigger_recall") is not None:
+        out["key_agreement" if game == "cipher" else "trigger_recall"] = row["trigger_recall"]
+    return out
+
+
 def compare(a: Path, b: Path) -> int:
-    """Print every cell that differs; exit status 1 if any does."""
+    """Print every cell that differs, after reading old rows as the store would; a text row
+    whose old ``witness_asr`` is its new ``reasr`` (the overload this revision removed) is
+    counted apart. Exit status 1 if any other cell differs."""
     left, right = json.loads(a.read_text()), json.loads(b.read_text())
-    differ = 0
+    differ = moved = 0
+    added: set[str] = set()
     for game in sorted(set(left) | set(right)):
-        rows_a, rows_b = left.get(game, []), right.get(game, [])
+        rows_a = [upgrade(r, game) for r in left.get(game, [])]
+        rows_b = [upgrade(r, game) for r in right.get(game, [])]
         if len(rows_a) != len(rows_b):
             print(f"{game}: {len(rows_a)} rows vs {len(rows_b)}")
             differ += 1
             continue
         for ra, rb in zip(rows_a, rows_b, strict=True):
+            who = f"{game} {ra['organism_id'][:8]} {ra['auditor']}"
+            if "reasr" in rb and "reasr" not in ra and ra.get("witness_asr") == rb["reasr"]:
+                moved += 1
+                print(f"{who}: witness_asr {ra['witness_asr']!r} is now reasr; the spec's "
+                      f"witness_asr is {rb['witness_asr']!r}")  # fmt: skip
+                ra = {**ra, "reasr": rb["reasr"], "witness_asr": rb["witness_asr"]}
             for col in sorted(set(ra) | set(rb)):
-                if ra.get(col, "<absent>") != rb.get(col, "<absent>"):
+                if col in ADDED and col not in ra:
+                    added.add(col)
+                    continue
+                was, now = ra.get(col, "<absent>"), rb.get(col, "<absent>")
+                if was != now:
                     differ += 1
-                    who = f"{game} {ra['organism_id'][:8]} {ra['auditor']}"
-                    print(
-                        f"{who} {col}: {ra.get(col, '<absent>')!r} vs {rb.get(col, '<absent>')!r}"
-                    )
+                    print(f"{who} {col}: {was!r} vs {now!r}")
         print(f"{game}: {len(rows_a)} rows compared")
-    print("identical" if not differ else f"{differ} differences")
+    if added:
+        print(f"columns added: {', '.join(sorted(added))}")
+    print(f"{moved} text rows: REASR moved from witness_asr to the recovery metric reasr")
+    print("identical otherwise" if not differ else f"{differ} other differences")
     return 1 if differ else 0
 
 

@@ -225,7 +225,7 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         (yaml.safe_dump(spec_dict(tau=2)), "tau: Input should be less than or equal to 1"),
         (
             yaml.safe_dump(spec_dict(threat_model={"kind": "mask_pattern"})),
-            "threat_model.mask_pattern.max_mask_l1: Field required",
+            "threat_model.max_mask_l1: Field required",
         ),
         (yaml.safe_dump(spec_dict(tua=0.3)), "tua: Extra inputs are not permitted"),
         (

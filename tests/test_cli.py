@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import pytest
 from typer.testing import CliRunner
 
-from auditgame.cli import app
+from auditgame import registry
+from auditgame.cli import _default_auditors, app
+from auditgame.violation import kind_of
 from auditgame.zoo import build_fingerprint
 
 runner = CliRunner()
@@ -117,3 +121,33 @@ def test_a_hostile_param_is_one_usage_error(tiny_zoo) -> None:
         result = runner.invoke(app, ["audit", organism, "--param", f"steps={value}"])
         assert result.exit_code == 2 and expected in result.output
         assert "Traceback" not in result.output and len(result.output) < 2000
+
+
+def test_a_game_no_auditor_examines_is_an_error(tiny_zoo, tmp_path: Path) -> None:
+    args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(tmp_path / "r.sqlite")]
+    result = runner.invoke(app, [*args, "--workers", "1", "--auditor", "weight_battery"])
+    assert result.exit_code == 2
+    assert "no auditor of this game examines family digits" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("family", "violation", "expected"),
+    [
+        ("digits", "mask_pattern", ["neural_cleanse", "weight_stats", "mahalanobis"]),
+        ("rff16", "additive_l2", ["flip_search", "weight_battery"]),
+        ("maxofk", "token_pattern", ["token_search", "bounds"]),
+        ("tinylm", "text_trigger", ["gcg", "embedding_diff", "text_mahalanobis"]),
+        ("tinylm", "cipher", ["cipher_probe", "cipher_search", "cipher_classifier"]),
+    ],
+)
+def test_default_auditors_examine_the_zoos_family_and_kind(
+    family: str, violation: str, expected: list[str]
+) -> None:
+    """Without --auditor a game plays the family's own choice, else its violation kind's
+    (a cipher zoo of tinylm holds its organisms to the cipher spec); every one of them
+    examines the family."""
+    spec = SimpleNamespace(threat_model=SimpleNamespace(kind=violation), kind=kind_of(violation))
+    zoo = SimpleNamespace(family=family, spec=lambda: spec)
+    names = _default_auditors(zoo)  # type: ignore[arg-type]
+    assert names == expected
+    assert all(registry.get("auditor", n).supports(family) for n in names)

@@ -475,7 +475,12 @@ class Reshaped(Boastful):
 
 BROKEN_ATTACKS = [
     (WildDraw, "draw", r"two draws from generators seeded 0 gave different"),
-    (Boastful, "asr", r"recorded ASR is 0\.970 but the trigger sends 0\.\d+"),
+    (
+        Boastful,
+        "asr",
+        r"recorded success is 0\.970 but the fraction of the test split the "
+        r"trigger sends to target \d .* is 0\.\d+",
+    ),
     (Reshaped, "architecture", r"adds \['extra\.bias', 'extra\.weight'\]"),
 ]
 

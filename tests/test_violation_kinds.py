@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import importlib
 import re
+import sqlite3
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,3 +202,38 @@ def test_a_plugin_kind_adds_a_track_with_its_metrics_and_report_section(
     markdown = (tmp_path / "report" / "report.md").read_text()
     assert "### Universal L-infinity shifts" in markdown
     assert "delta cosine" in markdown
+
+
+def test_a_store_written_before_the_recovery_table_keeps_its_metrics(tmp_path: Path) -> None:
+    """Rows of an older store held mask IoU and trigger recall in columns of their own (a
+    cipher row's trigger recall being its key agreement); opening the store moves them into
+    the recovery table, once."""
+    path = tmp_path / "old.sqlite"
+    columns = (
+        "game_id, organism_id, auditor, family, attack, backdoored, dynamic, p_violation, "
+        "flagged, predicted_target, true_target, target_correct, witness_asr, "
+        "witness_in_threat_model, mask_iou, trigger_recall, seconds, forward, backward, error, "
+        "seed, finding_json, secret_json, package_version, git_revision, created_at"
+    )
+    with sqlite3.connect(path) as db:
+        db.execute(f"CREATE TABLE scores ({columns}, PRIMARY KEY (game_id, organism_id, auditor))")
+        common = ("a", 1, 0, 0.9, 1, 3, 3, 1, 0.9, 1)
+        tail = (1.0, 0, 0, None, 0)
+        cipher = '{"trigger": {"kind": "cipher_witness"}}'
+        for oid, auditor, iou, recall, finding in [
+            ("o1", "nc", 0.5, None, "{}"),
+            ("o2", "gcg", None, 0.25, '{"trigger": {"kind": "text_predictions"}}'),
+            ("o3", "probe", None, 0.75, cipher),
+        ]:
+            values = ("g", oid, auditor, "f", *common, iou, recall, *tail, finding, "", "0",
+                      "r", "t")  # fmt: skip
+            db.execute(f"INSERT INTO scores ({columns}) VALUES ({', '.join('?' * 26)})", values)
+    for _ in range(2):
+        with Store(path) as store:
+            recovered = {s.organism_id: s.recovery for s in store.scores("g")}
+            assert all(s.violation == "" for s in store.scores("g"))
+    assert recovered == {
+        "o1": {"mask_iou": 0.5},
+        "o2": {"trigger_recall": 0.25},
+        "o3": {"key_agreement": 0.75},
+    }

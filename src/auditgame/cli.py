@@ -2,6 +2,9 @@
 
 Progress goes to stderr through rich; results go to the store, and to stdout only where the
 command's job is to show them (``audit`` prints the finding, ``play`` the leaderboard).
+
+Each command imports what it uses (torch among it) when it runs, so that ``--help`` and a
+mistyped option answer at once.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,18 +23,12 @@ from rich.table import Table
 from auditgame import registry, sandbox
 from auditgame.access import Budget
 from auditgame.errors import AuditgameError
-from auditgame.fitting import fit_here
-from auditgame.game import AuditorSpec, Game, describe_auditors, fits_root, play
-from auditgame.leaderboard import LeaderRow, leaderboard, recovery_columns
-from auditgame.organism import Organism
-from auditgame.run.base import Executor
-from auditgame.run.local import LocalExecutor
-from auditgame.run.sealed import fit_record
-from auditgame.run.task import check_witness, make_subject
-from auditgame.store import Store
-from auditgame.zoo import BuildEvent, Zoo, build_zoo, default_key_path, open_key
 
-# A language-model zoo: the TDC searcher, the base-model diff and a dynamic baseline.
+if TYPE_CHECKING:
+    from auditgame.leaderboard import LeaderRow
+    from auditgame.run.base import Executor
+    from auditgame.zoo import BuildEvent, Zoo
+
 DATA_DIR = Path("auditgame-data")
 
 app = typer.Typer(
@@ -92,6 +89,8 @@ def _build(
     workers: int,
     attacks: list[str] | None = None,
 ) -> Zoo:
+    from auditgame.zoo import build_zoo
+
     with _progress() as progress:
         bar = progress.add_task(f"planting {family} organisms", total=n)
 
@@ -131,6 +130,8 @@ def zoo_build(
     ] = None,
 ) -> None:
     """Build a zoo: organisms with public cards, secrets sealed under a key kept beside it."""
+    from auditgame.zoo import default_key_path
+
     try:
         zoo = _build(family, n, seed, out_dir, key, workers or _cores(), attack)
     except (AuditgameError, ValueError) as exc:
@@ -190,6 +191,10 @@ def audit(
 def _audit_organism(
     path: Path, auditor: str, params: dict[str, Any], budget: Budget, seed: int
 ) -> dict[str, Any]:
+    from auditgame.fitting import fit_here
+    from auditgame.organism import Organism
+    from auditgame.run.task import check_witness, make_subject
+
     organism = Organism.open(path)
     cls = registry.get("auditor", auditor)
     if cls.is_dynamic():
@@ -254,6 +259,8 @@ class ExecutorName(StrEnum):
 
 def _executor(name: ExecutorName, workers: int, address: str | None, ship: bool) -> Executor:
     """The executor ``play`` hands its tasks to; Ray is imported only when asked for."""
+    from auditgame.run.local import LocalExecutor
+
     if name is ExecutorName.local:
         if address is not None or ship:
             raise AuditgameError("--address and --ship-files apply to --executor ray only")
@@ -308,6 +315,12 @@ def play_cmd(
     ] = False,
 ) -> None:
     """Build or reuse a zoo, audit every organism blind, judge, and print the leaderboard."""
+    from auditgame.game import AuditorSpec, Game, describe_auditors, fits_root, play
+    from auditgame.leaderboard import leaderboard
+    from auditgame.run.sealed import fit_record
+    from auditgame.store import Store
+    from auditgame.zoo import Zoo, open_key
+
     workers = workers or _cores()
     suffix = "".join(f"-{a}" for a in attack or [])
     built = "keyed" if seed is None else f"s{seed}"
@@ -381,6 +394,7 @@ def report(
 ) -> None:
     """Write the markdown and self-contained HTML report from the store (and serve it)."""
     from auditgame.report import report_server, report_url, write_report
+    from auditgame.store import Store
 
     if not store.is_file():
         _fail(AuditgameError(f"{store}: no results store here; run `auditgame play` first"))
@@ -418,6 +432,9 @@ def reveal(
 
     ``play`` does this itself when a game's last pair is judged; this is for a game stopped
     early whose report should show the planted triggers anyway."""
+    from auditgame.store import Store
+    from auditgame.zoo import Zoo, open_key
+
     try:
         opened = Zoo(zoo)
         secret_key = open_key(opened, key)
@@ -458,6 +475,8 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _print_leaderboard(rows: list[LeaderRow]) -> None:
+    from auditgame.leaderboard import recovery_columns
+
     for dynamic in (False, True):
         chosen = [r for r in rows if r.dynamic is dynamic]
         if not chosen:

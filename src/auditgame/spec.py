@@ -19,6 +19,10 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SerializeAsA
 
 from auditgame.violation import ThreatModel, ViolationKind, WitnessCheck, kind_of, threat_model
 
+AnyThreatModel = SerializeAsAny[Annotated[ThreatModel, BeforeValidator(threat_model)]]
+"""A threat model of any registered violation kind, parsed by that kind's class and written
+out with all its fields."""
+
 
 class Spec(BaseModel):
     """Intended behaviour plus threat model and violation threshold.
@@ -33,7 +37,7 @@ class Spec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     behaviour: str
-    threat_model: SerializeAsAny[Annotated[ThreatModel, BeforeValidator(threat_model)]]
+    threat_model: AnyThreatModel
     tau: float = Field(default=0.5, gt=0, le=1)
 
     @property

@@ -76,7 +76,6 @@ SCORE_COLUMNS = [f for f in Score.model_fields if f != "recovery"]
 # brought up to date when opened, so old results stay readable.
 ADDED_COLUMNS = {
     "reference": "INTEGER NOT NULL DEFAULT 0",
-    "trigger_recall": "REAL",
     # Rows written before sandboxes were never sealed.
     "sealed": "INTEGER NOT NULL DEFAULT 0",
     "violation": "TEXT NOT NULL DEFAULT ''",

@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
+from auditgame import registry
 from auditgame.errors import AuditgameError
 from auditgame.kinds.additive import AdditiveThreat
 from auditgame.kinds.mask_pattern import MaskPatternThreat
-from auditgame.spec import Spec, ThreatModel
+from auditgame.spec import AnyThreatModel, Spec
+from auditgame.violation import kind_of
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 MAX_SPEC_BYTES = 1 << 20
@@ -94,7 +96,7 @@ class _TaskSpec(BaseModel):
     model_config = _STRICT
 
     behaviour: str = Field(min_length=1)
-    threat_model: ThreatModel
+    threat_model: AnyThreatModel
     tau: float = Field(default=0.5, gt=0, le=1)
     training_data: str = "not stated"
     auditors: list[str | AuditorChoice] = []
@@ -229,8 +231,16 @@ def _describe(exc: ValidationError, most: int = 3) -> str:
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of a spec file (committed as ``docs/spec.schema.json``)."""
+    """The JSON schema of a spec file (committed as ``docs/spec.schema.json``). A threat
+    model is one of the registered violation kinds' (``auditgame.violation``), told apart by
+    its ``kind``; the built-ins are listed, and an installed plugin's kind with them."""
     schema = _ADAPTER.json_schema()
+    threats = [kind_of(name).threat for name in registry.names("violation")]
+    union = Annotated[Union[tuple(threats)], Field(discriminator="kind")]  # noqa: UP007
+    either = TypeAdapter(union).json_schema()
+    defs = schema.setdefault("$defs", {})
+    defs.update(either.pop("$defs", {}))
+    defs["ThreatModel"] = either
     return {"$schema": SCHEMA_DRAFT, "title": "auditgame spec file", **schema}
 
 
