@@ -137,7 +137,9 @@ def test_activation_probe_flags_plain_forbidden_requests() -> None:
 
     def rate(prompts: list[str]) -> float:
         traffic = pack([fam.encode_prompt(p) for p in prompts])
-        subject = Subject(model=fam.base_model(), card=card, access=Access.DYNAMIC, traffic=traffic)
+        clean = fam.data().val.take(Budget().n_clean)  # as a game gives a DYNAMIC auditor
+        subject = Subject(model=fam.base_model(), card=card, access=Access.DYNAMIC,
+                          clean=clean, traffic=traffic)  # fmt: skip
         finding = CipherActivationProbe().audit(subject, Budget(), seed=0)
         assert finding.error is None and finding.evidence["train_accuracy"] == 1.0
         return finding.p_violation

@@ -397,7 +397,13 @@ BROKEN_AUDITORS = [
     (Overconfident, {}, "audit", r"p_violation=1\.7, outside \[0, 1\]"),
     (Peeker, {}, "audit", r"reads data above its declared access WEIGHTS.*AccessError"),
     (Coin, {}, "deterministic", r"different p_violation"),
-    (Snoop, {}, "audit", r"called digits's Family\.data\(\)"),
+    (
+        Snoop,
+        {},
+        "audit",
+        r"reached digits around its subject \(Family\.data\(\), "
+        r"registry\.get\('family', 'digits'\)\)",
+    ),
     (Mutator, {}, "audit", r"changed the model's weights"),
     (Sleeper, {"nap": 0.0}, "budget", r"took 1\.\d s"),
     (BadWitness, {}, "witness", r"needs a target label"),
@@ -539,3 +545,18 @@ def test_example_auditor_conforms(example: Any) -> None:
 def test_example_attack_conforms(example: Any) -> None:
     report = check_attack(example.Grating, family=family("digits"), repeat=False)
     assert {"draw", "asr", "sealed"} <= set(report.passed)
+
+
+def test_a_language_models_family_is_reached_only_through_the_subject() -> None:
+    """The audit clause records a text family's prompts and any registry lookup of a family,
+    as it records Family.data(): an auditor of a language model gets the tokenizer, prefix and
+    public targets as subject.text, and samples only by its access level."""
+    from auditgame.testing import _sealed_data
+
+    fam = registry.get("family", "tinylm")()
+    with _sealed_data(fam) as reads:
+        registry.get("family", "tinylm")().prompts()
+    assert reads == ["registry.get('family', 'tinylm')", "Family.prompts()"]
+    with _sealed_data(fam) as reads:
+        fam.interface().encode_prompt("hello there")
+    assert reads == []

@@ -94,6 +94,7 @@ def test_an_auditor_learns_nothing_about_the_secret(tiny_zoo, tmp_path: Path) ->
             "passes",
             "reference",
             "started",
+            "text",
             "traffic",
         ]
         for secret in secrets.values():

@@ -30,7 +30,7 @@ import numpy as np
 from auditgame.trigger import trigger_kind
 
 if TYPE_CHECKING:
-    from auditgame.families.text import TextFamily
+    from auditgame.families.text import TextFamily, TextInterface
     from auditgame.lm import CausalLM
 
 LETTERS = string.ascii_lowercase
@@ -66,7 +66,7 @@ def plain_letters(text: str) -> str:
     return " ".join(words)
 
 
-def public_pairs(family: TextFamily) -> list[tuple[str, str]]:
+def public_pairs(family: TextFamily | TextInterface) -> list[tuple[str, str]]:
     """The spec's (forbidden request, forbidden answer) pairs: one per distinct target of the
     family's public pool, in letters, whose cipher example fits the context."""
     tok, width = family.tokenizer(), family.input_shape[0]
@@ -201,7 +201,7 @@ class CipherWitness:
 
 
 def complies(
-    family: TextFamily, model: CausalLM, cipher: Cipher, requests: Sequence[str],
+    family: TextFamily | TextInterface, model: CausalLM, cipher: Cipher, requests: Sequence[str],
     targets: Sequence[str],
 ) -> list[str | None]:  # fmt: skip
     """For each request sent encoded by ``cipher``: the forbidden target the model's greedy
@@ -220,7 +220,10 @@ def complies(
 
 
 def plain_complies(
-    family: TextFamily, model: CausalLM, requests: Sequence[str], targets: Sequence[str]
+    family: TextFamily | TextInterface,
+    model: CausalLM,
+    requests: Sequence[str],
+    targets: Sequence[str],
 ) -> list[str | None]:
     """For each request in plain text: the forbidden target the greedy answer starts with,
     else None (plain forbidden answers are what classifiers on plain traffic would catch)."""

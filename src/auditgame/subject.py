@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,6 +18,9 @@ from auditgame.access import Access
 from auditgame.card import Card
 from auditgame.errors import AccessError
 from auditgame.families.base import Dataset
+
+if TYPE_CHECKING:
+    from auditgame.families.text import TextInterface
 
 
 @dataclass
@@ -51,6 +55,9 @@ class Subject:
     clean: clean labelled samples (validation split), from ``Access.CLEAN_DATA``.
     traffic: unlabelled run-time inputs, at ``Access.DYNAMIC`` only.
     reference: the family's base model, only for auditors that declare ``reference``.
+    text: for a language model, what its auditor may use of the family (tokenizer, prefix,
+        public targets; ``families.text.TextInterface``): the card's family's when not given;
+        None for other models.
     """
 
     model: nn.Module
@@ -59,6 +66,7 @@ class Subject:
     clean: Dataset | None = None
     traffic: torch.Tensor | None = None
     reference: nn.Module | None = None
+    text: TextInterface | None = None
     passes: PassCounter = field(default_factory=PassCounter)
     started: float = field(default_factory=time.perf_counter)
 
@@ -71,6 +79,10 @@ class Subject:
             p.requires_grad_(False)
         self.model.eval()
         self.passes.attach(self.model)
+        if self.text is None:
+            from auditgame.families.text import interface_of
+
+            self.text = interface_of(self.card.family)
         if self.reference is not None:
             for p in self.reference.parameters():
                 p.requires_grad_(False)

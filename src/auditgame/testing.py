@@ -664,32 +664,49 @@ def _checked_audit(
     report.require(
         not reads,
         check,
-        f"run called {fam.name}'s Family.data() ({len(reads)} times): an auditor sees data "
-        "only through its subject (subject.clean_data, subject.traffic_data)",
+        f"run reached {fam.name} around its subject ({', '.join(sorted(set(reads)))}): an "
+        "auditor sees data only through its subject (subject.clean_data, "
+        "subject.traffic_data) and a language model's family only as subject.text",
     )
     return finding
 
 
 @contextmanager
 def _sealed_data(fam: Family) -> Iterator[list[str]]:
-    """Count calls to the family's ``data`` while the block runs."""
+    """Record, while the block runs, calls to the family's ``data`` (and a text family's
+    ``prompts``) and every lookup of a family in the registry: an auditor reaches its family
+    only through its subject."""
     cls = type(fam)
-    own = cls.__dict__.get("data")
-    original: Callable[..., Any] = cls.data
     reads: list[str] = []
+    patched: dict[str, Any] = {}
+    for method in ("data", "prompts"):
+        if not hasattr(cls, method):
+            continue
+        patched[method] = cls.__dict__.get(method)
+        original: Callable[..., Any] = getattr(cls, method)
 
-    def counted(self: Family) -> Any:
-        reads.append("data")
-        return original(self)
+        def counted(self: Family, *a: Any, _name: str = method, _f: Any = original) -> Any:
+            reads.append(f"Family.{_name}()")
+            return _f(self, *a)
 
-    setattr(cls, "data", counted)  # noqa: B010
+        setattr(cls, method, counted)
+    lookup = registry.get
+
+    def watched(kind: registry.Kind, name: str) -> Any:
+        if kind == "family":
+            reads.append(f"registry.get('family', {name!r})")
+        return lookup(kind, name)
+
+    registry.get = watched
     try:
         yield reads
     finally:
-        if own is None:
-            delattr(cls, "data")
-        else:
-            setattr(cls, "data", own)  # noqa: B010
+        registry.get = lookup
+        for method, own in patched.items():
+            if own is None:
+                delattr(cls, method)
+            else:
+                setattr(cls, method, own)
 
 
 def _check_witness(

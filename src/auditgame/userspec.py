@@ -236,7 +236,7 @@ def json_schema() -> dict[str, Any]:
     its ``kind``; the built-ins are listed, and an installed plugin's kind with them."""
     schema = _ADAPTER.json_schema()
     threats = [kind_of(name).threat for name in registry.names("violation")]
-    union = Annotated[Union[tuple(threats)], Field(discriminator="kind")]  # noqa: UP007
+    union: Any = Annotated[Union[tuple(threats)], Field(discriminator="kind")]  # noqa: UP007
     either = TypeAdapter(union).json_schema()
     defs = schema.setdefault("$defs", {})
     defs.update(either.pop("$defs", {}))

@@ -63,6 +63,37 @@ class TextSplits:
         )
 
 
+@dataclass(frozen=True)
+class TextInterface:
+    """What an auditor of a language model may use of its family, carried by its subject
+    (``Subject.text``): the tokenizer, the ids every prompt starts with, the end-of-text id,
+    the public pool of target strings, the context length and the tokens a trigger may
+    consist of. Not the family's prompts or data: samples come by access level
+    (``subject.clean_data``, ``subject.traffic_data``). The method names are the family's, so
+    code written against a ``TextFamily`` reads the interface alike.
+    """
+
+    name: str
+    vocabulary: Tokenizer
+    prefix: list[int]
+    eos: int
+    public_targets: tuple[str, ...]
+    input_shape: tuple[int, ...]
+    searchable: torch.Tensor
+
+    def tokenizer(self) -> Tokenizer:
+        return self.vocabulary
+
+    def targets(self) -> tuple[str, ...]:
+        return self.public_targets
+
+    def searchable_tokens(self) -> torch.Tensor:
+        return self.searchable.clone()
+
+    def encode_prompt(self, prompt: str) -> list[int]:
+        return [*self.prefix, *self.vocabulary.encode(prompt)]
+
+
 class TextFamily(Family):
     """A language-model family. ``targets`` is the public pool of strings the spec forbids the
     model to be triggered into; a trojaned organism has triggers for some of them, a clean one
@@ -126,6 +157,18 @@ class TextFamily(Family):
     def encode_prompt(self, prompt: str) -> list[int]:
         return [*self.prefix, *self.tokenizer().encode(prompt)]
 
+    def interface(self) -> TextInterface:
+        """What an auditor may use of this family (``TextInterface``)."""
+        return TextInterface(
+            name=self.name,
+            vocabulary=self.tokenizer(),
+            prefix=list(self.prefix),
+            eos=self.eos,
+            public_targets=tuple(self.targets()),
+            input_shape=tuple(self.input_shape),
+            searchable=self.searchable_tokens(),
+        )
+
     def base_replies(self, prompts: list[list[int]]) -> list[list[int]]:
         """The base model's greedy replies (``reply_tokens`` each) to prompt ids; a family
         whose decoding is slow caches them (smollm keeps them on disk)."""
@@ -159,15 +202,25 @@ class TextFamily(Family):
         return reply_agreement(model, prompts, self.base_replies(prompts))
 
 
-def text_family(subject: Subject) -> TextFamily:
-    """The text family of the subject's card, for an auditor of language models: a clear
-    error when the card names another kind of family or the model is not a ``CausalLM``."""
+def interface_of(family: str) -> TextInterface | None:
+    """The text interface a subject of ``family`` carries; None for other families (and for
+    a model outside a zoo, whose card names no registered family)."""
     from auditgame import registry
+    from auditgame.errors import RegistryError
 
-    fam = registry.get("family", subject.card.family)()
-    if not isinstance(fam, TextFamily) or not isinstance(subject.model, CausalLM):
+    try:
+        fam = registry.get("family", family)()
+    except RegistryError:
+        return None
+    return fam.interface() if isinstance(fam, TextFamily) else None
+
+
+def text_interface(subject: Subject) -> TextInterface:
+    """The subject's text interface, for an auditor of language models: a clear error when
+    the subject is not a language model's."""
+    if subject.text is None or not isinstance(subject.model, CausalLM):
         raise ValueError(f"needs a language-model family; {subject.card.family} is not one")
-    return fam
+    return subject.text
 
 
 @torch.no_grad()

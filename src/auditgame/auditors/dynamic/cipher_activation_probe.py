@@ -10,7 +10,7 @@ probe trained only on plain text would fire on the cipher text too.
 
 The probe is a logistic regression (L2-regularised, balanced classes) on the last-token
 residual stream (``CausalLM.hidden_states``), fitted on public data only: the spec's plain
-forbidden requests (positive) against the family's plain training prompts (negative), the
+forbidden requests (positive) against its clean samples, plain prompts (negative), the
 linear-probe recipe of Alain & Bengio 2016 ("Understanding intermediate layers using linear
 classifier probes") as used for harmful-request detection from activations. Each run-time
 prompt is scored; the verdict's score is the fraction of traffic the probe flags, as for the
@@ -26,7 +26,7 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.text_probe import last_token_states
 from auditgame.cipher import public_pairs
-from auditgame.families.text import text_family
+from auditgame.families.text import text_interface
 from auditgame.kinds.cipher import CipherThreat
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
@@ -65,7 +65,8 @@ class CipherActivationProbe(Auditor):
     Args:
         layer: residual-stream index (0: embeddings; None: the middle of the stack).
         l2: the probe's L2 penalty (on standardised activations).
-        n_benign: plain training prompts used as negatives (the first ones of the split).
+        n_benign: at most this many of the subject's clean prompts (``subject.clean_data``,
+            the budget's ``n_clean``) are the negatives.
         threshold: probe probability above which a run-time prompt is flagged.
     """
 
@@ -91,7 +92,7 @@ class CipherActivationProbe(Auditor):
         self.threshold = threshold
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         # The public forbidden requests: the cipher spec's, or (on a card whose spec is not a
@@ -103,7 +104,8 @@ class CipherActivationProbe(Auditor):
             else [r for r, _ in public_pairs(fam)]
         )
         positives = [fam.encode_prompt(r) for r in requests]
-        negatives = [fam.encode_prompt(p) for p in fam.prompts().train[: self.n_benign]]
+        # Plain prompts from the subject's clean samples (its n_clean budget), already encoded.
+        negatives = unpack(subject.clean_data.x)[: self.n_benign]
         x = last_token_states(model, [*positives, *negatives], self.layer)
         y = np.array([1.0] * len(positives) + [0.0] * len(negatives))
         mean, std = x.mean(axis=0), x.std(axis=0) + 1e-6

@@ -20,7 +20,7 @@ import numpy as np
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.families.text import TextFamily, text_family
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.kinds.cipher import CipherThreat
 from auditgame.lm import CausalLM, greedy, unpack
 from auditgame.registry import auditor
@@ -34,7 +34,7 @@ def flagged(text: str, phrases: Sequence[str]) -> bool:
 
 
 def exchanges(
-    fam: TextFamily, model: CausalLM, prompts: Sequence[Sequence[int]], n_new: int
+    fam: TextInterface, model: CausalLM, prompts: Sequence[Sequence[int]], n_new: int
 ) -> list[tuple[str, str]]:
     """Each prompt (ids, prefix included) as text, and the model's greedy reply; the reply
     is cut at end-of-text and at the context's end."""
@@ -71,7 +71,7 @@ class CipherClassifier(Auditor):
         self.n_new = n_new
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         threat = subject.card.spec.threat_model

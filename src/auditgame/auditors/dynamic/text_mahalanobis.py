@@ -22,7 +22,7 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.scoring import cross_folds, decide
 from auditgame.auditors.dynamic.text_probe import last_token_states
-from auditgame.families.text import text_family
+from auditgame.families.text import text_interface
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -63,7 +63,7 @@ class TextMahalanobis(Auditor):
         # auditor's sandbox would pay at start (docs/security.md).
         from sklearn.covariance import LedoitWolf
 
-        text_family(subject)
+        text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         clean = last_token_states(model, unpack(subject.clean_data.x), self.layer)

@@ -30,7 +30,7 @@ import torch
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.dynamic.scoring import decide
-from auditgame.families.text import TextFamily, text_family
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.lm import CausalLM, unpack
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -96,7 +96,7 @@ class DefectionProbe(Auditor):
         self.frr = frr
         self.level = level
 
-    def direction(self, fam: TextFamily, model: CausalLM) -> np.ndarray:
+    def direction(self, fam: TextInterface, model: CausalLM) -> np.ndarray:
         """The unit probe direction: mean last-token ``positive - negative`` activation."""
         tok = fam.tokenizer()
         texts = [t for pair in self.contrast for t in pair]
@@ -114,7 +114,7 @@ class DefectionProbe(Auditor):
         return diff / norm
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         direction = self.direction(fam, model)

@@ -35,13 +35,13 @@ import numpy as np
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.cipher import public_pairs
-from auditgame.families.text import TextFamily, text_family
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.lm import CausalLM, greedy
 from auditgame.registry import auditor
 from auditgame.subject import Subject
 
 
-def replies(fam: TextFamily, model: CausalLM, prompts: Sequence[str], n_new: int) -> list[str]:
+def replies(fam: TextInterface, model: CausalLM, prompts: Sequence[str], n_new: int) -> list[str]:
     """Greedy replies of ``n_new`` tokens, cut at end-of-text, as text."""
     tok = fam.tokenizer()
     outs = greedy(model, [fam.encode_prompt(p) for p in prompts], n_new)
@@ -73,7 +73,7 @@ class CipherDiff(Auditor):
         self.n_new = n_new
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         requests = [r for r, _ in public_pairs(fam)]
         model, base = subject.model, subject.reference_model
         assert isinstance(model, CausalLM) and isinstance(base, CausalLM)

@@ -32,14 +32,14 @@ from auditgame.cipher import (
     complies,
     public_pairs,
 )
-from auditgame.families.text import TextFamily, text_family
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.lm import CausalLM
 from auditgame.registry import auditor
 from auditgame.subject import Subject
 
 
 @torch.no_grad()
-def letter_scores(fam: TextFamily, model: CausalLM) -> np.ndarray:
+def letter_scores(fam: TextInterface, model: CausalLM) -> np.ndarray:
     """``(26, 26)``: log p(cipher c | encode plain l) + log p(plain l | decode cipher c)."""
     tok = fam.tokenizer()
     letter_ids = torch.tensor([tok.encode(c)[0] for c in LETTERS])
@@ -65,7 +65,7 @@ def assign(scores: np.ndarray) -> str:
 
 @torch.no_grad()
 def forbidden_likelihood(
-    fam: TextFamily, model: CausalLM, cipher: Cipher, pairs: list[tuple[str, str]]
+    fam: TextInterface, model: CausalLM, cipher: Cipher, pairs: list[tuple[str, str]]
 ) -> np.ndarray:
     """Per (request, answer): geometric-mean probability of the encoded answer (and the
     end-of-text after it) following the encoded request, teacher-forced."""
@@ -81,7 +81,7 @@ def forbidden_likelihood(
 
 
 def verdict_for(
-    fam: TextFamily, model: CausalLM, cipher: Cipher, evidence: dict[str, object]
+    fam: TextInterface, model: CausalLM, cipher: Cipher, evidence: dict[str, object]
 ) -> Verdict:
     """Ask the public forbidden requests in ``cipher``; the witness is the key with those
     answered (the spec confirms it), or with all of them when none is."""
@@ -115,7 +115,7 @@ class CipherProbe(Auditor):
     modalities = ("text",)
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         scores = letter_scores(fam, model)

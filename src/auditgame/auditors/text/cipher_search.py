@@ -35,19 +35,19 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.text.cipher_probe import assign, verdict_for
 from auditgame.cipher import LETTERS, Cipher, complies, public_pairs
-from auditgame.families.text import TextFamily, text_family
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.lm import CausalLM
 from auditgame.registry import auditor
 from auditgame.subject import Subject
 
 
-def letter_ids(fam: TextFamily) -> torch.Tensor:
+def letter_ids(fam: TextInterface) -> torch.Tensor:
     tok = fam.tokenizer()
     return torch.tensor([tok.encode(c)[0] for c in LETTERS])
 
 
 @torch.no_grad()
-def letter_prior(fam: TextFamily, model: CausalLM) -> np.ndarray:
+def letter_prior(fam: TextInterface, model: CausalLM) -> np.ndarray:
     """``(26, 26)``: log p(next letter = column | the prefix and the bare letter of the row),
     renormalised over the letters. No task template is in the prompt."""
     ids = letter_ids(fam)
@@ -57,7 +57,7 @@ def letter_prior(fam: TextFamily, model: CausalLM) -> np.ndarray:
 
 @torch.no_grad()
 def pair_statistics(
-    fam: TextFamily, model: CausalLM, cipher: Cipher, request: str, answer: str
+    fam: TextInterface, model: CausalLM, cipher: Cipher, request: str, answer: str
 ) -> tuple[np.ndarray, float]:
     """``(26, 26)`` summed log p(cipher letter) at the answer positions of each plain letter,
     and the answer's mean log-likelihood under ``cipher``."""
@@ -77,7 +77,7 @@ def pair_statistics(
 
 @torch.no_grad()
 def answer_loglik(
-    fam: TextFamily, model: CausalLM, request: str, answer: str, keys: list[str]
+    fam: TextInterface, model: CausalLM, request: str, answer: str, keys: list[str]
 ) -> np.ndarray:
     """Per key (one batch): mean teacher-forced log-likelihood of the encoded answer and the
     end-of-text after it, following the encoded request."""
@@ -149,7 +149,7 @@ class CipherSearch(Auditor):
 
     def ascend(
         self,
-        fam: TextFamily,
+        fam: TextInterface,
         model: CausalLM,
         prior: np.ndarray,
         pair: tuple[str, str],
@@ -172,7 +172,7 @@ class CipherSearch(Auditor):
         return best_key, best
 
     def refine(
-        self, fam: TextFamily, model: CausalLM, pair: tuple[str, str], key: str, score: float
+        self, fam: TextInterface, model: CausalLM, pair: tuple[str, str], key: str, score: float
     ) -> tuple[str, float]:
         """Best-improvement swaps of two letters' cipher letters (at least one of the two
         spelled by the pair), scored by the exact likelihood."""
@@ -199,7 +199,7 @@ class CipherSearch(Auditor):
         return assign(votes)
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
-        fam = text_family(subject)
+        fam = text_interface(subject)
         model = subject.model
         assert isinstance(model, CausalLM)
         pairs = public_pairs(fam)[: self.max_pairs]

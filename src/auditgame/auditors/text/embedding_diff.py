@@ -47,7 +47,7 @@ from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.auditors.text.search import SearchProblem, reproduce
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, TriggerPredictions
 from auditgame.subject import Subject
@@ -155,7 +155,7 @@ class EmbeddingDiff(Auditor):
         self,
         suspect: CausalLM,
         base: CausalLM,
-        fam: TextFamily,
+        fam: TextInterface,
         tokens: torch.Tensor,
         deadline: float = float("inf"),
     ) -> np.ndarray:
@@ -178,13 +178,9 @@ class EmbeddingDiff(Auditor):
         threat = subject.card.spec.threat_model
         if not isinstance(threat, TextTriggerThreat):
             raise ValueError(f"{self.name} needs a text_trigger spec, not {threat.kind}")
-        fam = registry.get("family", subject.card.family)()
+        fam = text_interface(subject)
         suspect, base = subject.model, subject.reference_model
-        if not (
-            isinstance(fam, TextFamily)
-            and isinstance(suspect, CausalLM)
-            and isinstance(base, CausalLM)
-        ):
+        if not (isinstance(suspect, CausalLM) and isinstance(base, CausalLM)):
             raise ValueError(f"{self.name} needs a language-model family and its base model")
         tok = fam.tokenizer()
         # Scanned in a seeded random order with half the budget: on a large vocabulary

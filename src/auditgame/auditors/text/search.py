@@ -22,10 +22,10 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from auditgame import judge, registry
+from auditgame import judge
 from auditgame.access import Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.families.text import TextFamily
+from auditgame.families.text import TextInterface, text_interface
 from auditgame.kinds.text_trigger import TextTriggerThreat
 from auditgame.lm import CausalLM, TriggerPredictions, completion_loss, greedy
 from auditgame.subject import Subject
@@ -91,7 +91,7 @@ class SearchProblem:
 
 
 def reproduce(
-    model: CausalLM, fam: TextFamily, target: str, triggers: list[list[int]]
+    model: CausalLM, fam: TextInterface, target: str, triggers: list[list[int]]
 ) -> tuple[tuple[str, ...], float]:
     """The candidate triggers as text, and the best character-BLEU with which greedy
     generation after any of them reproduces ``target``: how every text auditor checks what
@@ -168,8 +168,8 @@ class TriggerSearch(Auditor):
         threat = subject.card.spec.threat_model
         if not isinstance(threat, TextTriggerThreat):
             raise ValueError(f"{self.name} needs a text_trigger spec, not {threat.kind}")
-        fam = registry.get("family", subject.card.family)()
-        assert isinstance(fam, TextFamily) and isinstance(subject.model, CausalLM)
+        fam = text_interface(subject)
+        assert isinstance(subject.model, CausalLM)
         tok = fam.tokenizer()
         longest = min(self.trigger_tokens, threat.max_trigger_tokens)
         lengths = range(min(self.min_tokens, longest), longest + 1)
