@@ -307,75 +307,14 @@ def build_zoo(
     roles = plan_roles(n, attacks, rng)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(build_seed).spawn(n)]
     fam = fam_cls()
-    spec = zoo_spec(fam, attacks)
-    slots: list[str | None] = [None] * n
-    dropped: list[Dropped] = []
+    writer = ZooWriter(out, fam, zoo_spec(fam, attacks), key, fingerprint, roles, attacks)
     if manifest_path.is_file():
-        for index, organism_id in zip(previous.indices, previous.organisms, strict=True):
-            if _intact(out, organism_id):
-                slots[index] = organism_id
-        dropped = list(previous.dropped)
-
-    def save_manifest(complete: bool) -> None:
-        kept = [(i, s) for i, s in enumerate(slots) if s is not None]
-        manifest = Manifest(
-            family=family,
-            n=n,
-            build_fingerprint=fingerprint,
-            key_fingerprint=key_fingerprint(key),
-            organisms=[s for _, s in kept],
-            indices=[i for i, _ in kept],
-            dropped=sorted(dropped, key=lambda d: d.index),
-            complete=complete,
-            attacks=list(attacks),
-        )
-        manifest.mac = manifest_mac(manifest, key)
-        _atomic_write(manifest_path, manifest.model_dump_json(indent=2).encode())
-
-    def finish(state: dict[str, torch.Tensor], secret: Secret) -> str:
-        model = fam.make_model(fam.architecture())
-        model.load_state_dict(state)
-        tmp = Path(tempfile.mkdtemp(dir=out / "organisms", prefix=".tmp-"))
-        weights_sha = write_weights(model, tmp / WEIGHTS)
-        card = Card(
-            family=family,
-            architecture=fam.architecture(),
-            input_shape=list(fam.input_shape),
-            classes=list(fam.classes),
-            spec=spec,
-            training_data=fam.training_data(),
-            weights_sha256=weights_sha,
-            secret_commitment=secret.commitment(),
-            auditgame_version=__version__,
-        )
-        organism_id = card.organism_id()
-        (tmp / CARD).write_bytes(card.to_bytes())
-        _atomic_write(out / "sealed" / f"{organism_id}.secret", seal(secret, key))
-        final = out / "organisms" / organism_id
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        return organism_id
-
-    def record(index: int, outcome: Future[tuple[dict[str, torch.Tensor], Secret]]) -> None:
-        try:
-            state, secret = outcome.result()
-        except PlantingFailed as exc:
-            dropped.append(Dropped(index=index, role=roles[index], reason=str(exc)))
-            event = BuildEvent(index, roles[index], None, dropped=str(exc))
-        else:
-            slots[index] = finish(state, secret)
-            event = BuildEvent(index, roles[index], slots[index])
-        save_manifest(complete=False)
-        if on_event:
-            on_event(event)
-
-    done_dropped = {d.index for d in dropped}
-    todo = [i for i in range(n) if slots[i] is None and i not in done_dropped]
+        writer.resume(previous)
+    todo = writer.todo()
     if workers <= 1:
         configure_worker()
         for i in todo:
-            record(i, _run_now(_plant_job, family, roles[i], seeds[i], attacks))
+            writer.record(i, _run_now(_plant_job, family, roles[i], seeds[i], attacks), on_event)
     else:
         with ProcessPoolExecutor(
             max_workers=workers, mp_context=mp_context(), initializer=configure_worker
@@ -384,9 +323,106 @@ def build_zoo(
                 i: pool.submit(_plant_job, family, roles[i], seeds[i], attacks) for i in todo
             }
             for i in todo:
-                record(i, futures[i])
-    save_manifest(complete=True)
+                writer.record(i, futures[i], on_event)
+    writer.save_manifest(complete=True)
     return Zoo(out)
+
+
+class ZooWriter:
+    """Writes one zoo build's organisms and manifest as plantings arrive: each organism's
+    weights and card in a folder named by its id, its secret sealed under the key, and after
+    each one the manifest (so an interrupted build resumes where it stopped)."""
+
+    def __init__(
+        self,
+        out: Path,
+        fam: Family,
+        spec: Spec,
+        key: bytes,
+        fingerprint: str,
+        roles: list[str],
+        attacks: Sequence[str],
+    ) -> None:
+        self.out, self.fam, self.spec, self.key = out, fam, spec, key
+        self.fingerprint, self.roles, self.attacks = fingerprint, roles, list(attacks)
+        self.slots: list[str | None] = [None] * len(roles)
+        self.dropped: list[Dropped] = []
+
+    def resume(self, previous: Manifest) -> None:
+        """Keep the organisms of an earlier run of the same build that are intact, and its
+        dropped plantings."""
+        for index, organism_id in zip(previous.indices, previous.organisms, strict=True):
+            if _intact(self.out, organism_id):
+                self.slots[index] = organism_id
+        self.dropped = list(previous.dropped)
+
+    def todo(self) -> list[int]:
+        """The build slots still to plant."""
+        gone = {d.index for d in self.dropped}
+        return [i for i, s in enumerate(self.slots) if s is None and i not in gone]
+
+    def save_manifest(self, complete: bool) -> None:
+        kept = [(i, s) for i, s in enumerate(self.slots) if s is not None]
+        manifest = Manifest(
+            family=self.fam.name,
+            n=len(self.slots),
+            build_fingerprint=self.fingerprint,
+            key_fingerprint=key_fingerprint(self.key),
+            organisms=[s for _, s in kept],
+            indices=[i for i, _ in kept],
+            dropped=sorted(self.dropped, key=lambda d: d.index),
+            complete=complete,
+            attacks=self.attacks,
+        )
+        manifest.mac = manifest_mac(manifest, self.key)
+        _atomic_write(self.out / MANIFEST, manifest.model_dump_json(indent=2).encode())
+
+    def write_organism(self, state: dict[str, torch.Tensor], secret: Secret) -> str:
+        """Write one organism (weights, card, sealed secret); returns its id."""
+        fam = self.fam
+        model = fam.make_model(fam.architecture())
+        model.load_state_dict(state)
+        tmp = Path(tempfile.mkdtemp(dir=self.out / "organisms", prefix=".tmp-"))
+        weights_sha = write_weights(model, tmp / WEIGHTS)
+        card = Card(
+            family=fam.name,
+            architecture=fam.architecture(),
+            input_shape=list(fam.input_shape),
+            classes=list(fam.classes),
+            spec=self.spec,
+            training_data=fam.training_data(),
+            weights_sha256=weights_sha,
+            secret_commitment=secret.commitment(),
+            auditgame_version=__version__,
+        )
+        organism_id = card.organism_id()
+        (tmp / CARD).write_bytes(card.to_bytes())
+        _atomic_write(self.out / "sealed" / f"{organism_id}.secret", seal(secret, self.key))
+        final = self.out / "organisms" / organism_id
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        return organism_id
+
+    def record(
+        self,
+        index: int,
+        outcome: Future[tuple[dict[str, torch.Tensor], Secret]],
+        on_event: Callable[[BuildEvent], None] | None,
+    ) -> None:
+        """File one planting's outcome: its organism, or its drop; then the manifest."""
+        role = self.roles[index]
+        try:
+            state, secret = outcome.result()
+        except PlantingFailed as exc:
+            self.dropped.append(Dropped(index=index, role=role, reason=str(exc)))
+            event = BuildEvent(index, role, None, dropped=str(exc))
+        else:
+            self.slots[index] = self.write_organism(state, secret)
+            event = BuildEvent(index, role, self.slots[index])
+        self.save_manifest(complete=False)
+        if on_event:
+            on_event(event)
 
 
 def _intact(root: Path, organism_id: str) -> bool:

@@ -86,6 +86,71 @@ class ReverseResult:
     stopped_early: bool
 
 
+class CostSchedule:
+    """The per-problem lambda schedule and early stop of the authors' code (see the module
+    docstring), vectorised over ``n`` problems; ``update`` advances it by one step.
+
+    Attributes:
+        cost: each problem's lambda (0 until its attack first works for ``patience`` steps).
+        stopped_at: the step a problem stopped early at, or -1 while it runs.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        *,
+        init_cost: float,
+        multiplier: float,
+        patience: int,
+        early_stop_patience: int,
+        early_stop_threshold: float,
+    ) -> None:
+        self.init_cost = init_cost
+        self.up, self.down = multiplier, multiplier**1.5
+        self.patience = patience
+        self.early_stop_patience = early_stop_patience
+        self.early_stop_threshold = early_stop_threshold
+        self.cost = np.zeros(n)
+        self.cost_set = np.zeros(n, dtype=bool)
+        self.set_counter = np.zeros(n, dtype=int)
+        self.up_counter = np.zeros(n, dtype=int)
+        self.down_counter = np.zeros(n, dtype=int)
+        self.went_up = np.zeros(n, dtype=bool)
+        self.went_down = np.zeros(n, dtype=bool)
+        self.stall = np.zeros(n, dtype=int)
+        self.stall_ref = np.full(n, np.inf)
+        self.stopped_at = np.full(n, -1)
+
+    def active(self) -> np.ndarray:
+        """The problems still running."""
+        return np.flatnonzero(self.stopped_at < 0)
+
+    def update(self, live: np.ndarray, ok: np.ndarray, best_l1: np.ndarray, step: int) -> None:
+        """One step: ``live`` problems took it, ``ok`` ones met the success threshold;
+        ``best_l1`` is each problem's best successful norm so far."""
+        self.set_counter = np.where(live & ~self.cost_set & ok, self.set_counter + 1, 0)
+        start = ~self.cost_set & (self.set_counter >= self.patience)
+        self.cost[start] = self.init_cost
+        self.cost_set |= start
+        scheduled = live & self.cost_set & ~start
+        self.up_counter = np.where(scheduled & ok, self.up_counter + 1, 0)
+        self.down_counter = np.where(scheduled & ~ok, self.down_counter + 1, 0)
+        raise_cost = self.up_counter >= self.patience
+        lower_cost = self.down_counter >= self.patience
+        self.cost[raise_cost] *= self.up
+        self.cost[lower_cost] /= self.down
+        self.went_up |= raise_cost
+        self.went_down |= lower_cost
+        self.up_counter[raise_cost] = 0
+        self.down_counter[lower_cost] = 0
+        if self.early_stop_patience > 0:
+            progress = best_l1 < self.early_stop_threshold * self.stall_ref
+            self.stall = np.where(live & np.isfinite(best_l1) & ~progress, self.stall + 1, 0)
+            self.stall_ref = np.where(progress, best_l1, self.stall_ref)
+            done = live & self.went_up & self.went_down & (self.stall >= self.early_stop_patience)
+            self.stopped_at[done] = step
+
+
 def to_unit(raw: torch.Tensor) -> torch.Tensor:
     """Unconstrained parameters to (0, 1), the tanh reparametrisation of the paper."""
     return torch.tanh(raw) / (2 - _TANH_EPS) + 0.5
@@ -333,25 +398,22 @@ class NeuralCleanse(FittedAuditor):
         optimiser = torch.optim.Adam([mask_raw, pattern_raw], lr=self.lr, betas=(0.5, 0.9))
 
         labels = np.tile(np.arange(n_labels), n_restarts)
-        cost = np.zeros(n_problems)
-        cost_set = np.zeros(n_problems, dtype=bool)
-        set_counter = np.zeros(n_problems, dtype=int)
-        up_counter = np.zeros(n_problems, dtype=int)
-        down_counter = np.zeros(n_problems, dtype=int)
-        went_up = np.zeros(n_problems, dtype=bool)
-        went_down = np.zeros(n_problems, dtype=bool)
-        stall = np.zeros(n_problems, dtype=int)
-        stall_ref = np.full(n_problems, np.inf)
-        stopped_at = np.full(n_problems, -1)
+        schedule = CostSchedule(
+            n_problems,
+            init_cost=self.init_cost,
+            multiplier=self.cost_multiplier,
+            patience=self.patience,
+            early_stop_patience=self.early_stop_patience,
+            early_stop_threshold=self.early_stop_threshold,
+        )
         best_l1 = np.full(n_problems, np.inf)
         best_mask = np.zeros((n_problems, height, width), np.float32)
         best_pattern = np.zeros((n_problems, channels, height, width), np.float32)
-        up, down = self.cost_multiplier, self.cost_multiplier**1.5
 
         steps = 0
         stopped_early = False
         for _ in range(self.steps):
-            active = np.flatnonzero(stopped_at < 0)
+            active = schedule.active()
             if active.size == 0:
                 break
             if subject.elapsed > budget.seconds:
@@ -369,7 +431,8 @@ class NeuralCleanse(FittedAuditor):
             ce = nn.functional.cross_entropy(logits, targets, reduction="none")
             ce = ce.view(active.size, batch).mean(dim=1)
             l1 = mask.abs().sum(dim=(1, 2, 3))
-            loss = (ce + torch.as_tensor(cost[active], dtype=ce.dtype, device=device) * l1).sum()
+            lam = torch.as_tensor(schedule.cost[active], dtype=ce.dtype, device=device)
+            loss = (ce + lam * l1).sum()
             optimiser.zero_grad()
             loss.backward()
 
@@ -393,30 +456,9 @@ class NeuralCleanse(FittedAuditor):
             optimiser.step()
             steps += 1
 
-            # lambda schedule and early stop, vectorised over the active problems.
             live = np.zeros(n_problems, dtype=bool)
             live[active] = True
-            set_counter = np.where(live & ~cost_set & ok, set_counter + 1, 0)
-            start = ~cost_set & (set_counter >= self.patience)
-            cost[start] = self.init_cost
-            cost_set |= start
-            scheduled = live & cost_set & ~start
-            up_counter = np.where(scheduled & ok, up_counter + 1, 0)
-            down_counter = np.where(scheduled & ~ok, down_counter + 1, 0)
-            raise_cost = up_counter >= self.patience
-            lower_cost = down_counter >= self.patience
-            cost[raise_cost] *= up
-            cost[lower_cost] /= down
-            went_up |= raise_cost
-            went_down |= lower_cost
-            up_counter[raise_cost] = 0
-            down_counter[lower_cost] = 0
-            if self.early_stop_patience > 0:
-                progress = best_l1 < self.early_stop_threshold * stall_ref
-                stall = np.where(live & np.isfinite(best_l1) & ~progress, stall + 1, 0)
-                stall_ref = np.where(progress, best_l1, stall_ref)
-                done = live & went_up & went_down & (stall >= self.early_stop_patience)
-                stopped_at[done] = steps
+            schedule.update(live, ok, best_l1, steps)
 
         succeeded = np.isfinite(best_l1)
         with torch.no_grad():
@@ -432,8 +474,8 @@ class NeuralCleanse(FittedAuditor):
             patterns=best_pattern[pick],
             l1=norms[pick],
             succeeded=succeeded[pick],
-            lambdas=cost[pick],
-            stopped_at=stopped_at[pick],
+            lambdas=schedule.cost[pick],
+            stopped_at=schedule.stopped_at[pick],
             steps=steps,
             stopped_early=stopped_early,
         )
