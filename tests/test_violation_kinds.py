@@ -237,3 +237,42 @@ def test_a_store_written_before_the_recovery_table_keeps_its_metrics(tmp_path: P
         "o2": {"trigger_recall": 0.25},
         "o3": {"key_agreement": 0.75},
     }
+
+
+def test_each_kind_compares_planted_and_found_by_its_declared_metrics() -> None:
+    """Recovery metrics are the ones a kind declares, computed by the judge's functions; a
+    finding without a trigger, or with a trigger of another kind, recovers nothing."""
+    import numpy as np
+
+    from auditgame.cipher import LETTERS, CipherKey, CipherWitness
+    from auditgame.lm import TextTrojans, TriggerPredictions
+    from auditgame.tokens import TokenPattern
+    from auditgame.trigger import Trigger
+    from auditgame.violation import WitnessCheck
+
+    mask = np.zeros((4, 4), np.float32)
+    mask[:2, :2] = 1
+    patch = Trigger(mask, np.ones((1, 4, 4), np.float32)).to_dict()
+    half = Trigger(mask * np.eye(4, dtype=np.float32), np.ones((1, 4, 4), np.float32)).to_dict()
+    pattern = TokenPattern((3, 5), (0, 1)).to_dict()
+    pairs = TextTrojans((("velvet lantern", "go now"), ("red fox", "stay"))).to_dict()
+    guess = TriggerPredictions({"go now": ("velvet lantern",)}).to_dict()
+    check = WitnessCheck(asr=0.9, in_threat_model=True, violates=True,
+                         per_target={"go now": 0.8, "other": 1.0})  # fmt: skip
+    key = CipherKey(LETTERS, (("say a", "a b"),)).to_dict()
+    witness = CipherWitness(LETTERS[1] + LETTERS[0] + LETTERS[2:], ("say a",)).to_dict()
+    cases = {
+        "mask_pattern": (patch, half, None, {"mask_iou": 0.5}),
+        "token_pattern": (pattern, pattern, None, {"pattern_precision": 1.0,
+                                                   "pattern_recall": 1.0}),
+        "text_trigger": (pairs, guess, check, {"trigger_recall": 0.5, "reasr": 0.4}),
+        "cipher": (key, witness, None, {"key_agreement": 24 / 26}),
+    }  # fmt: skip
+    for name, (planted, found, witness_check, expected) in cases.items():
+        kind = kind_of(name)
+        got = kind.recovery(planted, found, witness_check)
+        assert got == pytest.approx(expected), name
+        assert set(got) <= {m.name for m in kind.metrics}
+        assert kind.recovery(planted, None, None) == {}
+        others = [f for n, (_, f, _, _) in cases.items() if n != name]
+        assert all(kind.recovery(planted, f, None) == {} for f in others), name

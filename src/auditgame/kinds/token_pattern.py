@@ -3,14 +3,14 @@ or anywhere, that send the answer to a target."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 
 from auditgame import judge
 from auditgame.tokens import TokenPattern
-from auditgame.violation import ThreatModel, ViolationKind, WitnessCheck, violation_kind
+from auditgame.violation import Metric, ThreatModel, ViolationKind, WitnessCheck, violation_kind
 
 
 class TokenPatternThreat(ThreatModel):
@@ -79,7 +79,33 @@ class TokenPatternKind(ViolationKind):
     """Backdoors of max-of-K models, and their proofs of absence."""
 
     threat = TokenPatternThreat
+    metrics: ClassVar[tuple[Metric, ...]] = (
+        Metric(
+            "pattern_precision",
+            "pattern precision",
+            "judge.pattern_precision_recall: reported (token, position) constraints that are "
+            "planted ones, over those reported",
+        ),
+        Metric(
+            "pattern_recall",
+            "pattern recall",
+            "judge.pattern_precision_recall: planted constraints the finding reported",
+        ),
+    )
     default_auditors = ("token_search", "bounds")
+
+    def recovery(
+        self,
+        planted: dict[str, Any] | None,
+        found: dict[str, Any] | None,
+        check: WitnessCheck | None,
+    ) -> dict[str, float]:
+        if planted is None or found is None:
+            return {}
+        if planted.get("kind") != "token_pattern" or found.get("kind") != "token_pattern":
+            return {}
+        precision, recall = judge.pattern_precision_recall(found, planted)
+        return {"pattern_precision": precision, "pattern_recall": recall}
 
     def describe_trigger(self, raw: dict[str, Any]) -> str | None:
         if raw.get("kind") != "token_pattern":
