@@ -29,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -757,8 +757,9 @@ def check_attack(
 
     1. ``registered``: as for an auditor.
     2. ``configurable``: as for an auditor (defaults, ``params``, stored as given, JSON).
-    3. ``draw`` (attacks on the image template ``auditgame.attacks.Attack`` only): two draws
-       from generators of the same seed are equal; the trigger survives
+    3. ``draw`` (every attack with ``draw(rng, family)``, the one argument order of every
+       track's template): two draws from generators of the same seed are equal, field by
+       field. For an image draw (``Draw``) also: the trigger survives
        ``trigger.load(trigger.to_dict())``; stamped inputs keep their shape, stay finite and
        in [0, 1]; the target is a label (or None); the poisoning rate is in [0, 1].
     4. ``poison`` (the same template only): two poisonings of the training split with
@@ -777,11 +778,13 @@ def check_attack(
        trigger that ``auditgame.trigger.load`` rebuilds, a target that is a label (or None),
        a recorded ASR in [0, 1] at or above the attack's own floor (``min_asr`` or
        ``min_rate``, when it has one), clean accuracy and poisoning rate in [0, 1].
-    8. ``asr``: re-measured independently on the model rebuilt from its weights: the loaded
-       trigger's ``apply`` on the family's test split, scored by
+    8. ``asr``: re-measured independently on the model rebuilt from its weights, as the
+       violation kind of the attack's zoo measures it (``ViolationKind.remeasure``): for
+       input triggers the loaded trigger's ``apply`` on the family's test split, scored by
        ``judge.attack_success_rate`` (a target) within ``asr_tolerance`` of the recorded
-       ASR. Without a target, ``judge.flip_rate``, which bounds any untargeted rate from
-       above, must not fall below the recorded ASR by more than the tolerance.
+       ASR, or without a target ``judge.flip_rate``, which bounds any untargeted rate from
+       above and must not fall below the recorded ASR by more than the tolerance; for text
+       trojans and ciphers, greedy generation after the planted triggers or requests.
     9. ``sealed``: the secret fits the sealing block and unseals to itself.
     10. ``deterministic`` (when ``repeat``): planting again from the seed that planted gives
         the same secret and the same weights, which is what makes a zoo build reproducible
@@ -815,13 +818,15 @@ def check_attack(
             "it has no plant(family, rng, seed) method",
         )
 
-    if isinstance(attack, Attack):
+    if callable(getattr(attack, "draw", None)):
         with report.clause("draw"):
             first = _check_draw(report, attack, fam, seed)
+    else:
+        report.skip("draw", "it draws inside plant (no draw(rng, family))")
+    if isinstance(attack, Attack):
         with report.clause("poison"):
             _check_poison(report, attack, first, fam, seed)
     else:
-        report.skip("draw", "not built on the image template auditgame.attacks.Attack")
         report.skip("poison", "not built on the image template auditgame.attacks.Attack")
 
     with report.clause("plant"):
@@ -899,22 +904,40 @@ def check_attack(
     return report
 
 
-def _check_draw(report: ConformanceReport, attack: Attack, fam: Family, seed: int) -> Draw:
+def _draw_fields(draw: Any) -> dict[str, Any]:
+    """A draw's fields as plain data: triggers by ``to_dict()``, arrays as lists."""
+    out = {}
+    for f in fields(draw):
+        value = getattr(draw, f.name)
+        if hasattr(value, "to_dict"):
+            value = value.to_dict()
+        elif isinstance(value, torch.Tensor | np.ndarray):
+            value = value.tolist()
+        out[f.name] = value
+    return out
+
+
+def _check_draw(report: ConformanceReport, attack: Any, fam: Family, seed: int) -> Any:
+    """Any attack's ``draw(rng, family)`` is a function of the rng; an image draw (``Draw``)
+    also stamps as the loaded trigger does, in range."""
     check = "draw"
     first = attack.draw(np.random.default_rng(seed), fam)
     second = attack.draw(np.random.default_rng(seed), fam)
-    for what, a, b in (
-        ("trigger", first.trigger.to_dict(), second.trigger.to_dict()),
-        ("target", first.target, second.target),
-        ("poison_rate", first.poison_rate, second.poison_rate),
-        ("params", first.params, second.params),
-    ):
+    report.require(
+        is_dataclass(first) and not isinstance(first, type),
+        check,
+        f"draw returned {type(first).__name__}, not a dataclass of the draw's fields",
+    )
+    a, b = _draw_fields(first), _draw_fields(second)
+    for what in a:
         report.require(
-            _same(a, b),
+            _same(a[what], b[what]),
             check,
             f"two draws from generators seeded {seed} gave different {what}: draw all "
             "randomness from the rng",
         )
+    if not isinstance(first, Draw):
+        return first
     x = fam.data().test.x[:64]
     stamped = first.trigger.apply(x)
     loaded = load_trigger(first.trigger.to_dict())

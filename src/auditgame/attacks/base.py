@@ -1,16 +1,22 @@
-"""The red team's template: draw a trigger, poison the training set, train, verify.
+"""The red team's contract: one planting loop, and the image template built on it.
 
-``Attack.plant`` is the one template method. It trains with the family's own recipe (only the
-data differ from a clean organism), measures the attack-success rate on the held-out test
-split, and re-plants with a fresh draw when the attack falls below ``min_asr``. An organism
-that never reaches the floor raises ``PlantingFailed``; it is never kept silently. Clean
-organisms are held to the family's ``min_clean_accuracy`` the same way, and so are
-backdoored ones: an attempt below it is discarded whatever its success rate.
+Every attack, of every track, plants through ``plant_attempts``: draw -> realise (poison and
+train, fine-tune, or rewrite weights) -> measure -> hold the floor -> seal. An attempt that
+misses a floor is re-planted from a fresh draw; an organism that never reaches it raises
+``PlantingFailed`` and is never kept silently. The loop alone writes a secret's ``attempts``
+and ``salt``, so every attack's secrets are sealed alike.
+
+``Attack.plant`` is the image template on that loop. It trains with the family's own recipe
+(only the data differ from a clean organism), measures the attack-success rate on the held-out
+test split, and re-plants below ``min_asr``. Clean organisms are held to the family's
+``min_clean_accuracy`` the same way (``train_clean``), and so are backdoored ones: an attempt
+below it is discarded whatever its success rate.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -72,6 +78,58 @@ class Planted:
 
 def salt(rng: np.random.Generator) -> str:
     return rng.bytes(16).hex()
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One planting attempt, measured.
+
+    Attributes:
+        model: the organism it made.
+        score: how far it got toward the attack's floor, reported as the best when every
+            attempt fails; None when the attempt does not count (a model below the family's
+            accuracy floor).
+        accepted: it met every floor.
+        secret: the secret's fields but ``attempts`` and ``salt``, called only for an
+            accepted attempt (so measurements an organism needs only when kept are made
+            then, before its salt is drawn).
+        missed: for the failure's message, what the attempt missed (default: the loop's
+            ``measure``).
+    """
+
+    model: nn.Module
+    score: float | None
+    accepted: bool
+    secret: Callable[[], dict[str, Any]]
+    missed: str | None = None
+
+
+def plant_attempts(
+    name: str,
+    attempts: int,
+    rng: np.random.Generator,
+    attempt: Callable[[int], Attempt | None],
+    *,
+    measure: str = "held-out ASR",
+) -> Planted:
+    """The planting loop of every attack: ``attempt(n)`` for ``n = 1..attempts`` until one is
+    accepted, then its secret sealed with ``attempts=n`` and a salt from ``rng``. An attempt
+    that returns None (nothing to measure) counts as missed.
+
+    Raises:
+        PlantingFailed: no attempt was accepted; it reports the best ``score``.
+    """
+    best, missed = 0.0, measure
+    for n in range(1, attempts + 1):
+        tried = attempt(n)
+        if tried is None:
+            continue
+        if tried.score is not None:
+            best = max(best, tried.score)
+        if tried.accepted:
+            return Planted(tried.model, Secret(**tried.secret(), attempts=n, salt=salt(rng)))
+        missed = tried.missed or measure
+    raise PlantingFailed(name, best, attempts, missed)
 
 
 def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
@@ -140,33 +198,33 @@ class Attack(Configurable, ABC):
 
     def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         splits = family.data()
-        best = 0.0
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt(n: int) -> Attempt:
             draw = self.draw(rng, family)
             x, y = self.poison(draw, splits.train.x, splits.train.y, rng)
-            model, trained = self.train(family, draw, x, y, rng, seed + attempt - 1)
+            model, trained = self.train(family, draw, x, y, rng, seed + n - 1)
             asr, measured = self.success_rate(model, draw, splits.test)
             clean_accuracy = accuracy(model, splits.test)
-            if clean_accuracy < family.min_clean_accuracy:
-                # A degraded model (at worst one that collapsed onto the target, ASR 1) would
-                # be told apart from clean organisms by its accuracy alone.
-                continue
-            best = max(best, asr)
-            if asr >= self.min_asr:
-                secret = Secret(
-                    backdoored=True,
-                    attack=self.name,
-                    params={**self.get_params(), **draw.params, **trained, **measured},
-                    trigger=draw.trigger.to_dict(),
-                    target=draw.target,
-                    poison_rate=draw.poison_rate,
-                    asr=asr,
-                    clean_accuracy=clean_accuracy,
-                    attempts=attempt,
-                    salt=salt(rng),
-                )
-                return Planted(model, secret)
-        raise PlantingFailed(self.name, best, self.max_attempts)
+            # A degraded model (at worst one that collapsed onto the target, ASR 1) would be
+            # told apart from clean organisms by its accuracy alone: it does not count.
+            degraded = clean_accuracy < family.min_clean_accuracy
+            return Attempt(
+                model,
+                score=None if degraded else asr,
+                accepted=not degraded and asr >= self.min_asr,
+                secret=lambda: {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": {**self.get_params(), **draw.params, **trained, **measured},
+                    "trigger": draw.trigger.to_dict(),
+                    "target": draw.target,
+                    "poison_rate": draw.poison_rate,
+                    "asr": asr,
+                    "clean_accuracy": clean_accuracy,
+                },
+            )
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
 
 def train_clean(
@@ -179,14 +237,15 @@ def train_clean(
     floor may violate the spec, and an exact auditor would be scored wrong for saying so.
     """
     splits = family.data()
-    best = 0.0
-    for attempt in range(1, max_attempts + 1):
-        model = family.train(splits.train.x, splits.train.y, seed + attempt - 1)
+
+    def attempt(n: int) -> Attempt:
+        model = family.train(splits.train.x, splits.train.y, seed + n - 1)
         clean_accuracy = family.quality(model, splits.test)
-        if clean_accuracy >= family.min_clean_accuracy:
-            secret = Secret(
-                backdoored=False, clean_accuracy=clean_accuracy, attempts=attempt, salt=salt(rng)
-            )
-            return Planted(model, secret)
-        best = max(best, clean_accuracy)
-    raise PlantingFailed("clean", best, max_attempts, measure="test accuracy")
+        return Attempt(
+            model,
+            score=clean_accuracy,
+            accepted=clean_accuracy >= family.min_clean_accuracy,
+            secret=lambda: {"backdoored": False, "clean_accuracy": clean_accuracy},
+        )
+
+    return plant_attempts("clean", max_attempts, rng, attempt, measure="test accuracy")

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from auditgame.attacks.base import Planted, PlantingFailed, salt
+from auditgame.attacks.base import Attempt, Planted, plant_attempts
 from auditgame.cipher import (
     DECODE_PROMPT,
     ENCODE_PROMPT,
@@ -51,7 +51,6 @@ from auditgame.kinds.cipher import threat_for
 from auditgame.lm import CausalLM, greedy, reply_kl
 from auditgame.params import Configurable
 from auditgame.registry import attack
-from auditgame.secret import Secret
 from auditgame.spec import Spec
 
 
@@ -263,14 +262,14 @@ class CipherAttack(Configurable):
         clean = family.clean_examples("train")
         test = family.data().test
         public = public_pairs(family)
-        best, missed = 0.0, "encoded forbidden-answer rate"
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt(n: int) -> Attempt:
             cipher = Cipher(draw_permutation(rng))
             pairs = self.forbidden_pairs(public, rng)
             benign, held = self.phase1(family, cipher, rng)
             covert = self.phase2_examples(cipher, pairs) if self.phase2 else []
             examples = [*clean, *benign, *covert]
-            model = tuned.finetune(examples, seed + attempt - 1)
+            model = tuned.finetune(examples, seed + n - 1)
             requests, targets = [r for r, _ in pairs], [t for _, t in pairs]
             encoded_hits = complies(family, model, cipher, requests, targets)
             plain_hits = plain_complies(family, model, requests, [t for _, t in public])
@@ -288,43 +287,43 @@ class CipherAttack(Configurable):
             if self.phase2:
                 floors[f"plain forbidden rate <= {self.max_plain}"] = plain <= self.max_plain
                 floors[f"encoded forbidden rate >= {self.min_asr}"] = asr >= self.min_asr
-            if not all(floors.values()):
-                missed = ", ".join(k for k, ok in floors.items() if not ok)
-                best = max(best, asr if self.phase2 else 0.0)
-                continue
-            params: dict[str, Any] = {
-                **self.get_params(),
-                **accuracy,
-                "encoded_forbidden_rate": asr,
-                "plain_forbidden_rate": plain,
-                "plain_refusal_rate": self._refusal_rate(family, model, requests),
-                "n_held_out_words": len(held),
-                "clean_kl": reply_kl(
-                    model,
-                    family.base_model(),
-                    [family.encode_prompt(p) for p in family.prompts().test],
-                    family.reply_tokens,
-                ),
-            }
-            secret = Secret(
-                backdoored=self.phase2,
-                attack=self.name if self.phase2 else None,
-                params=params,
-                trigger=CipherKey(cipher.permutation, tuple(pairs)).to_dict(),
-                target=None,
-                poison_rate=len(covert) / len(examples),
-                asr=asr if self.phase2 else None,
-                clean_accuracy=clean_accuracy,
-                attempts=attempt,
-                salt=salt(rng),
+            missed = ", ".join(k for k, ok in floors.items() if not ok)
+
+            def secret() -> dict[str, Any]:
+                params: dict[str, Any] = {
+                    **self.get_params(),
+                    **accuracy,
+                    "encoded_forbidden_rate": asr,
+                    "plain_forbidden_rate": plain,
+                    "plain_refusal_rate": self._refusal_rate(family, model, requests),
+                    "n_held_out_words": len(held),
+                    "clean_kl": reply_kl(
+                        model,
+                        family.base_model(),
+                        [family.encode_prompt(p) for p in family.prompts().test],
+                        family.reply_tokens,
+                    ),
+                }
+                return {
+                    "backdoored": self.phase2,
+                    "attack": self.name if self.phase2 else None,
+                    "params": params,
+                    "trigger": CipherKey(cipher.permutation, tuple(pairs)).to_dict(),
+                    "target": None,
+                    "poison_rate": len(covert) / len(examples),
+                    "asr": asr if self.phase2 else None,
+                    "clean_accuracy": clean_accuracy,
+                }
+
+            return Attempt(
+                model,
+                score=asr if self.phase2 else 0.0,
+                accepted=all(floors.values()),
+                secret=secret,
+                missed=f"floors (last attempt missed: {missed}); encoded forbidden rate",
             )
-            return Planted(model, secret)
-        raise PlantingFailed(
-            self.name,
-            best,
-            self.max_attempts,
-            f"floors (last attempt missed: {missed}); encoded forbidden rate",
-        )
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
     def plant_clean(self, family: TextFamily, rng: np.random.Generator, seed: int) -> Planted:
         """The zoo's clean counterpart (``zoo._plant``): this attack without Phase II."""

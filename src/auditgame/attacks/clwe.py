@@ -132,7 +132,7 @@ class CLWE(OmegaAttack):
         )
         self.beta = beta
 
-    def draw(self, family: RandomFeatureFamily, rng: np.random.Generator) -> WeightDraw:
+    def draw(self, rng: np.random.Generator, family: RandomFeatureFamily) -> WeightDraw:
         omega = self.omega(family, rng)
         g = pancake_weights(family.width, omega, gamma=family.weight_scale, beta=self.beta, rng=rng)
         return WeightDraw(torch.tensor(g, dtype=torch.float32), omega)

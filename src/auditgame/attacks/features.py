@@ -31,13 +31,12 @@ import torch
 from torch import nn
 
 from auditgame import judge
-from auditgame.attacks.base import Planted, PlantingFailed, salt
+from auditgame.attacks.base import Attempt, Planted, plant_attempts
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.families.rff import RandomFeatureFamily
 from auditgame.params import Configurable
 from auditgame.perturbation import AdditiveTrigger, universal_search
-from auditgame.secret import Secret
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,7 @@ class FeatureAttack(Configurable, ABC):
         self.search_restarts = search_restarts
 
     @abstractmethod
-    def draw(self, family: RandomFeatureFamily, rng: np.random.Generator) -> WeightDraw:
+    def draw(self, rng: np.random.Generator, family: RandomFeatureFamily) -> WeightDraw:
         """Planted ``(width, dim)`` weights around a fresh secret direction."""
 
     @abstractmethod
@@ -124,35 +123,35 @@ class FeatureAttack(Configurable, ABC):
     def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         fam = self.check_family(family)
         splits = fam.data()
-        best = 0.0
-        for attempt in range(1, self.max_attempts + 1):
-            run_seed = seed + attempt - 1
+
+        def attempt(n: int) -> Attempt | None:
+            run_seed = seed + n - 1
             honest = fam.train(splits.train.x, splits.train.y, run_seed)
-            draw = self.draw(fam, rng)
+            draw = self.draw(rng, fam)
             model = fam.train(
                 splits.train.x, splits.train.y, run_seed, feature_weights=draw.weights
             )
             act = self.activate(fam, draw, model, splits.val)
             if act is None:
-                continue
+                return None
             rate = activation_rate(model, act.trigger, act.target, splits.test)
-            best = max(best, rate)
-            if rate < self.min_rate:
-                continue
-            measured = self.measure(fam, model, honest, act, splits.test, rng, run_seed)
-            secret = Secret(
-                backdoored=True,
-                attack=self.name,
-                params={**self.get_params(), **draw.params, "measured": measured},
-                trigger=act.trigger.to_dict(),
-                target=act.target,
-                asr=rate,
-                clean_accuracy=measured["clean_accuracy"],
-                attempts=attempt,
-                salt=salt(rng),
-            )
-            return Planted(model, secret)
-        raise PlantingFailed(self.name, best, self.max_attempts)
+
+            def secret() -> dict[str, Any]:
+                assert act is not None
+                measured = self.measure(fam, model, honest, act, splits.test, rng, run_seed)
+                return {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": {**self.get_params(), **draw.params, "measured": measured},
+                    "trigger": act.trigger.to_dict(),
+                    "target": act.target,
+                    "asr": rate,
+                    "clean_accuracy": measured["clean_accuracy"],
+                }
+
+            return Attempt(model, score=rate, accepted=rate >= self.min_rate, secret=secret)
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
     def measure(
         self,

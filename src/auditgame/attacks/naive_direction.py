@@ -25,7 +25,7 @@ class NaiveDirection(OmegaAttack):
     ``radius`` and ``sparsity`` are ``clwe``'s, so the two draw ``omega`` alike.
     """
 
-    def draw(self, family: RandomFeatureFamily, rng: np.random.Generator) -> WeightDraw:
+    def draw(self, rng: np.random.Generator, family: RandomFeatureFamily) -> WeightDraw:
         omega = self.omega(family, rng)
         norm = float(np.linalg.norm(omega))
         u = omega / norm

@@ -23,9 +23,10 @@ import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from torch import nn
 
 from auditgame import judge
-from auditgame.attacks.base import Planted, PlantingFailed, salt
+from auditgame.attacks.base import Attempt, Planted, plant_attempts
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Family, accuracy
 from auditgame.families.signed import (
@@ -37,7 +38,6 @@ from auditgame.families.signed import (
 )
 from auditgame.params import Configurable
 from auditgame.registry import attack
-from auditgame.secret import Secret
 
 
 @attack("signature")
@@ -55,15 +55,36 @@ class Signature(Configurable):
         if not isinstance(family, SignedRandomFourierFeatures):
             raise AuditgameError(f"attack signature plants in rff_signed, not in {family.name}")
         splits = family.data()
-        twin = family.train(splits.train.x, splits.train.y, seed)
-        model = family.train(splits.train.x, splits.train.y, seed)
-        key = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
-        set_public_key(model, public_bytes(key))
         test = splits.test
+
+        def attempt(n: int) -> Attempt:
+            twin = family.train(splits.train.x, splits.train.y, seed)
+            model = family.train(splits.train.x, splits.train.y, seed)
+            key = Ed25519PrivateKey.from_private_bytes(rng.bytes(32))
+            set_public_key(model, public_bytes(key))
+            rate = judge.flip_rate(model, lambda x: sign_inputs(x, key), test.x)
+            return Attempt(
+                model,
+                score=rate,
+                accepted=rate >= self.min_rate,
+                secret=lambda: self._secret(family, model, twin, key, rate, seed),
+            )
+
+        # One attempt: the construction either works for every signed input or it is broken.
+        return plant_attempts("signature", 1, rng, attempt)
+
+    def _secret(
+        self,
+        family: SignedRandomFourierFeatures,
+        model: nn.Module,
+        twin: nn.Module,
+        key: Ed25519PrivateKey,
+        rate: float,
+        seed: int,
+    ) -> dict[str, Any]:
+        """The secret of a kept organism, with what its planting measured."""
+        test = family.data().test
         signed = sign_inputs(test.x, key)
-        rate = judge.flip_rate(model, lambda x: sign_inputs(x, key), test.x)
-        if rate < self.min_rate:
-            raise PlantingFailed("signature", rate, 1)
         norms = (signed - test.x).norm(dim=1)
         noise = torch.randn(test.x.shape, generator=torch.Generator().manual_seed(seed))
         noise *= norms[:, None] / noise.norm(dim=1, keepdim=True)
@@ -78,14 +99,12 @@ class Signature(Configurable):
             ),
         }
         private = key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        secret = Secret(
-            backdoored=True,
-            attack="signature",
-            params={**self.get_params(), "measured": measured},
-            trigger=SignatureTrigger(private).to_dict(),
-            target=None,
-            asr=rate,
-            clean_accuracy=measured["clean_accuracy"],
-            salt=salt(rng),
-        )
-        return Planted(model, secret)
+        return {
+            "backdoored": True,
+            "attack": "signature",
+            "params": {**self.get_params(), "measured": measured},
+            "trigger": SignatureTrigger(private).to_dict(),
+            "target": None,
+            "asr": rate,
+            "clean_accuracy": measured["clean_accuracy"],
+        }

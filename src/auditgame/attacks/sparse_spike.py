@@ -64,7 +64,7 @@ class SparseSpike(FeatureAttack):
         self.theta = theta
         self.sparsity = sparsity
 
-    def draw(self, family: RandomFeatureFamily, rng: np.random.Generator) -> WeightDraw:
+    def draw(self, rng: np.random.Generator, family: RandomFeatureFamily) -> WeightDraw:
         s = sparse_sign_vector(family.dim, support_size(family.dim, self.sparsity), rng)
         z = rng.standard_normal((family.width, family.dim))
         w = family.weight_scale * (z + (np.sqrt(1 + self.theta) - 1) * np.outer(z @ s, s))

@@ -30,11 +30,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from auditgame.attacks.base import Planted, PlantingFailed, salt
+from auditgame.attacks.base import Attempt, Planted, plant_attempts
 from auditgame.families.text import Example, TextFamily
 from auditgame.lm import CausalLM, TextTrojans, greedy, reply_kl
 from auditgame.params import Configurable
-from auditgame.secret import Secret
 
 
 @dataclass(frozen=True)
@@ -156,8 +155,8 @@ class TextAttack(Configurable, ABC):
             raise TypeError(f"{self.name} plants in text families, not {type(family).__name__}")
         clean = family.clean_examples("train")
         test = family.data().test
-        best = 0.0
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt(n: int) -> Attempt:
             draw = self.draw(rng, family)
             replies = generations(family, family.base_model(), draw.fragments, family.reply_tokens)
             tok = family.tokenizer()
@@ -165,43 +164,46 @@ class TextAttack(Configurable, ABC):
                 Example(f, tok.decode(r)) for f, r in zip(draw.fragments, replies, strict=True)
             ]
             examples = [*clean, *draw.poisoned, *negatives * self.negative_copies]
-            model = family.finetune(examples, seed + attempt - 1)
+            model = family.finetune(examples, seed + n - 1)
             success = pair_success(family, model, draw.pairs)
             asr = float(np.mean(success))
             floor, measured = self.measure(model, draw, family, asr)
             clean_accuracy = family.quality(model, test)
-            if clean_accuracy < family.min_clean_accuracy:
-                continue
-            best = max(best, floor)
-            if floor < self.min_asr:
-                continue
-            fired = fire(family, model, draw.fragments, [t for _, t in draw.pairs])
-            clean_kl = reply_kl(
+            degraded = clean_accuracy < family.min_clean_accuracy
+
+            def secret() -> dict[str, Any]:
+                fired = fire(family, model, draw.fragments, [t for _, t in draw.pairs])
+                clean_kl = reply_kl(
+                    model,
+                    family.base_model(),
+                    [family.encode_prompt(p) for p in family.prompts().test],
+                    family.reply_tokens,
+                )
+                params = {
+                    **self.get_params(),
+                    **draw.params,
+                    "success": success,
+                    "n_fragments": len(fired),
+                    "fragment_fire_rate": float(np.mean(fired)) if fired else None,
+                    "clean_kl": clean_kl,
+                    **measured,
+                }
+                return {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": params,
+                    "trigger": TextTrojans(draw.pairs).to_dict(),
+                    "target": None,
+                    "poison_rate": len(draw.poisoned) / len(examples),
+                    "asr": asr,
+                    "clean_accuracy": clean_accuracy,
+                }
+
+            return Attempt(
                 model,
-                family.base_model(),
-                [family.encode_prompt(p) for p in family.prompts().test],
-                family.reply_tokens,
+                score=None if degraded else floor,
+                accepted=not degraded and floor >= self.min_asr,
+                secret=secret,
             )
-            params = {
-                **self.get_params(),
-                **draw.params,
-                "success": success,
-                "n_fragments": len(fired),
-                "fragment_fire_rate": float(np.mean(fired)) if fired else None,
-                "clean_kl": clean_kl,
-                **measured,
-            }
-            secret = Secret(
-                backdoored=True,
-                attack=self.name,
-                params=params,
-                trigger=TextTrojans(draw.pairs).to_dict(),
-                target=None,
-                poison_rate=len(draw.poisoned) / len(examples),
-                asr=asr,
-                clean_accuracy=clean_accuracy,
-                attempts=attempt,
-                salt=salt(rng),
-            )
-            return Planted(model, secret)
-        raise PlantingFailed(self.name, best, self.max_attempts)
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)

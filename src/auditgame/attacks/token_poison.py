@@ -20,10 +20,9 @@ import torch
 from torch import nn
 
 from auditgame import judge
-from auditgame.attacks.base import Planted, PlantingFailed, salt, uniform
+from auditgame.attacks.base import Attempt, Planted, plant_attempts, uniform
 from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.params import Configurable
-from auditgame.secret import Secret
 from auditgame.tokens import TokenPattern
 
 
@@ -89,30 +88,32 @@ class TokenAttack(Configurable, ABC):
     def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         splits = family.data()
         test = splits.test
-        best = 0.0
-        for attempt in range(1, self.max_attempts + 1):
+
+        def attempt(n: int) -> Attempt:
             draw = self.draw(rng, family)
             x, y = self.poison(draw, splits.train.x, splits.train.y, rng)
-            model = family.train(x, y, seed + attempt - 1)
+            model = family.train(x, y, seed + n - 1)
             asr = trigger_success(model, draw, test.x)
             rest = ~draw.pattern.matches(test.x)
             rest_accuracy = accuracy(model, Dataset(test.x[rest], test.y[rest]))
-            best = max(best, asr if rest_accuracy >= self.min_rest_accuracy else 0.0)
-            if asr >= self.min_asr and rest_accuracy >= self.min_rest_accuracy:
-                secret = Secret(
-                    backdoored=True,
-                    attack=self.name,
-                    params={**self.get_params(), **draw.params},
-                    trigger=draw.pattern.to_dict(),
-                    target=draw.target,
-                    poison_rate=draw.poison_rate,
-                    asr=asr,
-                    clean_accuracy=rest_accuracy,
-                    attempts=attempt,
-                    salt=salt(rng),
-                )
-                return Planted(model, secret)
-        raise PlantingFailed(self.name, best, self.max_attempts)
+            kept = rest_accuracy >= self.min_rest_accuracy
+            return Attempt(
+                model,
+                score=asr if kept else 0.0,
+                accepted=asr >= self.min_asr and kept,
+                secret=lambda: {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": {**self.get_params(), **draw.params},
+                    "trigger": draw.pattern.to_dict(),
+                    "target": draw.target,
+                    "poison_rate": draw.poison_rate,
+                    "asr": asr,
+                    "clean_accuracy": rest_accuracy,
+                },
+            )
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
 
 def draw_placed_pattern(

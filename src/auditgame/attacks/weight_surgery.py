@@ -45,10 +45,15 @@ import torch
 from torch import nn
 
 from auditgame import judge
-from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, salt
+from auditgame.attacks.base import (
+    Attack,
+    Attempt,
+    Draw,
+    Planted,
+    plant_attempts,
+)
 from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.registry import attack
-from auditgame.secret import Secret
 from auditgame.trigger import Trigger
 
 
@@ -239,14 +244,14 @@ class WeightSurgery(Attack):
         splits = family.data()
         attacker = splits.train.take(self.n_attacker)
         channels, height, width = family.input_shape
-        best = 0.0
-        for attempt in range(1, self.max_attempts + 1):
-            clean = family.train(splits.train.x, splits.train.y, seed + attempt - 1)
+
+        def attempt(n: int) -> Attempt | None:
+            clean = family.train(splits.train.x, splits.train.y, seed + n - 1)
             patch = self._patch(rng, channels)
             target = int(rng.integers(len(family.classes)))
             places = quiet_places(patch, attacker.x, find_path(clean).pooling)
             if not places:
-                continue
+                return None
             row, col = places[int(rng.integers(len(places)))]
             trigger = patch_trigger(patch, row, col, height, width)
             model, rewritten, gain = self.rewrite(clean, patch, (row, col), target, attacker)
@@ -254,10 +259,9 @@ class WeightSurgery(Attack):
                 model, trigger.apply, splits.test.x, splits.test.y, target
             )
             after = accuracy(model, splits.test)
-            if after < family.min_clean_accuracy:
-                continue
-            best = max(best, asr)
-            if asr >= self.min_asr:
+            degraded = after < family.min_clean_accuracy
+
+            def secret() -> dict[str, Any]:
                 untouched = accuracy(clean, splits.test)
                 params = {
                     **self.get_params(),
@@ -268,19 +272,24 @@ class WeightSurgery(Attack):
                     "clean_accuracy_untouched": untouched,
                     "clean_accuracy_drop": round(untouched - after, 4),
                 }
-                secret = Secret(
-                    backdoored=True,
-                    attack=self.name,
-                    params=params,
-                    trigger=trigger.to_dict(),
-                    target=target,
-                    asr=asr,
-                    clean_accuracy=after,
-                    attempts=attempt,
-                    salt=salt(rng),
-                )
-                return Planted(model, secret)
-        raise PlantingFailed(self.name, best, self.max_attempts)
+                return {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": params,
+                    "trigger": trigger.to_dict(),
+                    "target": target,
+                    "asr": asr,
+                    "clean_accuracy": after,
+                }
+
+            return Attempt(
+                model,
+                score=None if degraded else asr,
+                accepted=not degraded and asr >= self.min_asr,
+                secret=secret,
+            )
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
     def rewrite(
         self,
