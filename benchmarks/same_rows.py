@@ -11,6 +11,10 @@ The games (each in a fresh folder, sealed as ``auditgame play`` plays them):
 - ``cipher``: 4 tinylm organisms of covert fine-tuning (seed 0), audited by cipher_probe,
   cipher_search and cipher_classifier.
 
+It also builds small zoos of the other families and attacks (``ZOOS``, seed 5) and records
+their organism ids: an id is the content address of an organism's card, which holds the hash
+of its weights and the commitment to its secret, so equal ids are equal plantings.
+
 Each auditor is given far more seconds than it needs, so every row is fixed by the seeds.
 A row is written as the judge's verdict: its score columns and named recovery metrics
 (``mask_iou``, ``trigger_recall`` ...) in one flat mapping, whichever schema the store of
@@ -37,6 +41,14 @@ VOLATILE = {"seconds", "created_at", "package_version", "git_revision", "finding
             "secret_json", "game_id"}  # fmt: skip
 # Columns a newer revision adds, reported as added rather than as differences.
 ADDED = {"violation"}
+ZOOS = [
+    ("rff16", None, 6),
+    ("relu1_16", None, 4),
+    ("rff_signed", None, 4),
+    ("maxofk", None, 4),
+    ("digits", ["weight_surgery", "all_to_all", "warp"], 6),
+]
+"""(family, attacks, organisms) of the zoos whose plantings are compared by id."""
 HUGE = 10_000.0
 """Seconds given to each auditor: none of these games' auditors needs a tenth of it."""
 
@@ -86,6 +98,7 @@ def play_api(root: Path, name: str, attacks: list[str], n: int, auditors: list[A
 
 def record(out: Path) -> None:
     from auditgame.game import AuditorSpec
+    from auditgame.zoo import build_zoo
 
     games: dict[str, list[dict[str, Any]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -97,13 +110,16 @@ def record(out: Path) -> None:
         cipher = [AuditorSpec(name=a) for a in ("cipher_probe", "cipher_search")]
         cipher.append(AuditorSpec(name="cipher_classifier"))
         games["cipher"] = play_api(root, "cipher", ["cipher"], 4, cipher)
-    rows = {
+        zoos = {f: build_zoo(f, n, 5, root / f"ids-{f}", attacks=a, workers=2).ids
+                for f, a, n in ZOOS}  # fmt: skip
+    rows: dict[str, Any] = {
         game: sorted((flat(r) for r in found), key=lambda r: (r["organism_id"], r["auditor"]))
         for game, found in games.items()
     }
+    rows["zoos"] = zoos
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=1, sort_keys=True))
-    print(f"{out}: " + ", ".join(f"{g} {len(r)} rows" for g, r in rows.items()))
+    print(f"{out}: " + ", ".join(f"{g} {len(r)}" for g, r in rows.items()))
 
 
 def upgrade(row: dict[str, Any], game: str) -> dict[str, Any]:
@@ -125,7 +141,12 @@ def compare(a: Path, b: Path) -> int:
     left, right = json.loads(a.read_text()), json.loads(b.read_text())
     differ = moved = 0
     added: set[str] = set()
-    for game in sorted(set(left) | set(right)):
+    for family in sorted(set(left.get("zoos", {})) | set(right.get("zoos", {}))):
+        ids = left.get("zoos", {}).get(family), right.get("zoos", {}).get(family)
+        same = ids[0] == ids[1]
+        differ += not same
+        print(f"zoo {family}: {len(ids[0] or [])} organism ids, {'equal' if same else 'DIFFER'}")
+    for game in sorted((set(left) | set(right)) - {"zoos"}):
         rows_a = [upgrade(r, game) for r in left.get(game, [])]
         rows_b = [upgrade(r, game) for r in right.get(game, [])]
         if len(rows_a) != len(rows_b):
