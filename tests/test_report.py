@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from auditgame import registry
 from auditgame.cli import app
 from auditgame.finding import Cost, Finding
 from auditgame.perturbation import AdditiveTrigger
@@ -415,3 +416,21 @@ def test_cli_report_serve_prints_the_url_and_stops_on_ctrl_c(
     assert result.exit_code == 0, result.output
     assert len(served) == 1 and served[0] in result.stdout
     assert (tmp_path / "rep" / "report.html").is_file()
+
+
+def test_a_report_of_built_in_kinds_imports_no_plugin(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a store runs no plugin's import-time code (an installed auditor plugin could
+    rewrite the store it reads): the kinds of its rows are built in, so none is imported."""
+
+    def refuse() -> None:
+        raise AssertionError("the report imported the installed plugins")
+
+    monkeypatch.setattr(registry, "load_plugins", refuse)
+    md, _ = write_report(store, tmp_path / "out")
+    assert "mask IoU" in md.read_text()
+    # Words for a trigger it cannot draw, and a row of an older store that names no kind.
+    pattern = {"kind": "token_pattern", "tokens": [3, 5], "positions": None}
+    assert content._describe(pattern) == "tokens [3, 5] anywhere"
+    assert content._kind("") is None

@@ -121,5 +121,13 @@ def plugin_modules() -> list[str]:
 
 
 def names(kind: Kind) -> list[str]:
+    """Every registered name of ``kind``, plugins imported."""
     load_plugins()
+    return sorted(_registry[kind])
+
+
+def loaded(kind: Kind) -> list[str]:
+    """The built-in names of ``kind`` and those registered so far, importing no plugin: for
+    code that must not run a plugin's import-time code (a report over a store)."""
+    load_builtins(kind)
     return sorted(_registry[kind])

@@ -312,7 +312,11 @@ def _kind_sections(scores: Sequence[Score]) -> list[KindSection]:
 
 
 def _kind(violation: str) -> ViolationKind | None:
-    """The kind named by a row, or None for one this installation does not have."""
+    """The kind named by a row, or None for a row written before rows named their kind, or
+    for a kind this installation does not have. Only a row naming a kind that is not built
+    in makes the registry import the installed plugins (the kind's code is needed)."""
+    if not violation:
+        return None
     try:
         return kind_of(violation)
     except RegistryError:
@@ -401,10 +405,11 @@ def _raw_trigger(data: str) -> Any:
 
 
 def _describe(raw: dict[str, Any]) -> str:
-    """Words for a trigger that is not an image mask, from the violation kind that knows it;
-    other kinds (a warping field, a signature, a kind this version does not know) are named
-    but not drawn."""
-    for name in registry.names("violation"):
+    """Words for a trigger that is not an image mask, from the violation kind that knows it
+    (a built-in, or a plugin's already loaded for the store's rows: reading a store imports
+    no plugin, whose code could rewrite it); other kinds (a warping field, a signature, a
+    kind this version does not know) are named but not drawn."""
+    for name in registry.loaded("violation"):
         words = kind_of(name).describe_trigger(raw)
         if words is not None:
             return words
