@@ -318,8 +318,9 @@ def check_auditor(
        ``Verdict`` whose ``p_violation`` is finite and in [0, 1] (``audit`` clips, which
        would hide the bug); the target, if any, is a label of the family; the finding names
        the auditor and its parameters and serialises to JSON; the model's weights are
-       unchanged; and the family's data splits were not read (``Family.data`` during an
-       audit is data the subject did not hand out).
+       unchanged; and the family was not reached around the subject (``Family.data``, a
+       text family's ``prompts``, or a family looked up in the registry during an audit is
+       data or an interface the subject did not hand out).
     7. ``witness``: a reported trigger is accepted by the family spec's ``check_witness``
        (with the reported target) on the test split, which measures a rate in [0, 1].
     8. ``deterministic``: a fresh instance built from the registered name and
