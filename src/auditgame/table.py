@@ -45,6 +45,15 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return DASH if x is None or missing(x) else f"{x:.{digits}f}"
 
 
+def auroc_text(auroc: float | None, ci: tuple[float, float] | None) -> str:
+    """An AUROC as the report shows it: three digits, with its 95% interval when known."""
+    if auroc is None or missing(auroc):
+        return DASH
+    if ci is None:
+        return f"{auroc:.3f}"
+    return f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def text(value: str, href: str = "", terms: str | None = None) -> Cell:
     """A text cell, linking to ``href`` and filtering the organisms by ``terms`` if given."""
     return Cell(value, href=href, filter=terms)

@@ -12,7 +12,7 @@ from pydantic import Field
 from auditgame import registry
 from auditgame.cipher import TAU, Cipher, CipherKey, CipherWitness, complies, public_pairs
 from auditgame.kinds.text_trigger import prompt_traffic
-from auditgame.table import DASH, Table, num, text
+from auditgame.table import Table, auroc_text, num, text
 from auditgame.violation import (
     KindSection,
     Metric,
@@ -162,9 +162,7 @@ class CipherKind(ViolationKind):
             both = 0 < sum(labels) < len(labels)
             auroc = judge.auroc(labels, probs) if both else None
             ci = judge.auroc_ci(labels, probs) if both else None
-            shown = DASH if auroc is None else f"{auroc:.3f}"
-            if ci is not None and auroc is not None:
-                shown = f"{auroc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
+            shown = auroc_text(auroc, ci)
             body.append(
                 [
                     text(auditor),

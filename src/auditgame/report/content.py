@@ -34,7 +34,7 @@ from auditgame.leaderboard import ALL, LeaderRow, leaderboard, recovery_columns
 from auditgame.report.svg import Curve, png_data_uri, roc_svg
 from auditgame.score import Score
 from auditgame.store import UNREVEALED, Store
-from auditgame.table import DASH, Cell, Table, fmt, missing
+from auditgame.table import DASH, Cell, Table, auroc_text, fmt, missing
 from auditgame.table import num as _num
 from auditgame.table import text as _text
 from auditgame.trigger import Trigger
@@ -203,12 +203,7 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 def _auroc(row: LeaderRow) -> str:
-    if row.auroc is None or missing(row.auroc):
-        return DASH
-    if row.auroc_ci is None:
-        return f"{row.auroc:.3f}"
-    lo, hi = row.auroc_ci
-    return f"{row.auroc:.3f} [{lo:.3f}, {hi:.3f}]"
+    return auroc_text(row.auroc, row.auroc_ci)
 
 
 def _brief(value: Any) -> str:
