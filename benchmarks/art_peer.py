@@ -35,11 +35,11 @@ import torch
 from threadpoolctl import threadpool_limits
 from torch import nn
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Budget
-from auditgame.auditors.dynamic.activation_clustering import clustering_suspicion
-from auditgame.auditors.dynamic.spectral import spectral_suspicion
 from auditgame.families.base import Dataset, Family
+from auditgame.image.auditors.dynamic.activation_clustering import clustering_suspicion
+from auditgame.image.auditors.dynamic.spectral import spectral_suspicion
 from auditgame.provenance import git_revision, package_version
 
 RESULTS = Path(__file__).parent / "results"
@@ -83,7 +83,7 @@ def plant_set(family: Family, attack_name: str, seed: int) -> PoisonedSet:
     draw = attack.draw(rng, family)
     x, y = attack.poison(draw, splits.train.x, splits.train.y, rng)
     model = family.train(x, y, seed)
-    asr = judge.attack_success_rate(
+    asr = metrics.attack_success_rate(
         model, draw.trigger.apply, splits.test.x, splits.test.y, draw.target
     )
     poisoned = (y != splits.train.y).numpy()

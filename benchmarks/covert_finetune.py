@@ -39,14 +39,8 @@ import torch
 
 from auditgame import cipher, registry
 from auditgame.access import Access, Budget
-from auditgame.attacks.cipher import CipherAttack
-from auditgame.auditors.dynamic.cipher_activation_probe import CipherActivationProbe
-from auditgame.auditors.dynamic.cipher_classifier import CipherClassifier
-from auditgame.cipher import CipherKey
-from auditgame.families.text import TextFamily
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
-from auditgame.lm import pack
 from auditgame.provenance import git_revision, package_version
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
@@ -54,6 +48,12 @@ from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
 from auditgame.subject import Subject
+from auditgame.text.cipher.attack import CipherAttack
+from auditgame.text.cipher.auditors.cipher_activation_probe import CipherActivationProbe
+from auditgame.text.cipher.auditors.cipher_classifier import CipherClassifier
+from auditgame.text.cipher.scheme import CipherKey
+from auditgame.text.family import TextFamily
+from auditgame.text.lm import pack
 from auditgame.zoo import Zoo, build_zoo, open_key
 
 RESULTS = Path(__file__).parent / "results"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from auditgame import judge
+from auditgame import metrics
 from auditgame.access import Budget
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import leaderboard
@@ -96,7 +96,7 @@ def main() -> None:
     }
     clean_flags = sum(1 for r in nc if r["attack"] == "clean" and r["flagged"])
     n_clean = len(index["clean"])
-    low, high = judge.binomial_interval(clean_flags, n_clean)
+    low, high = metrics.binomial_interval(clean_flags, n_clean)
     lines += [
         "",
         "## Neural Cleanse calibration",

@@ -22,7 +22,7 @@ import os
 import time
 from pathlib import Path
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Budget
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
@@ -110,7 +110,7 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
     for auditor in auditors:
         clean = [s for s in scores if s.auditor == auditor and not s.backdoored]
         flagged = sum(s.flagged for s in clean)
-        low, high = judge.binomial_interval(flagged, len(clean))
+        low, high = metrics.binomial_interval(flagged, len(clean))
         rate = flagged / len(clean) if clean else float("nan")
         lines.append(
             f"| {auditor} | {flagged}/{len(clean)} | {rate:.3f} | [{low:.3f}, {high:.3f}] |"

@@ -29,17 +29,17 @@ from statistics import fmean, median
 
 import numpy as np
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Budget
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
-from auditgame.lm import TextTrojans
 from auditgame.provenance import git_revision, package_version
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
 from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
+from auditgame.text.lm import TextTrojans
 from auditgame.zoo import build_zoo, open_key
 
 RESULTS = Path(__file__).parent / "results"
@@ -90,7 +90,9 @@ def table(rows: list[LeaderRow], per_trojan: dict[tuple[str, str], float | None]
     for r in rows:
         ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
         recall, reasr = r.recovery.get("trigger_recall"), r.recovery.get("reasr")
-        score = judge.tdc_score(recall, reasr) if recall is not None and reasr is not None else None
+        score = (
+            metrics.tdc_score(recall, reasr) if recall is not None and reasr is not None else None
+        )
         lines.append(
             f"| {r.auditor} | {kind(r)} | {r.attack} | {r.n} ({r.n_backdoored}/{r.n_clean}) "
             f"| {fmt(r.auroc)}{ci} | {fmt(r.fpr_at_threshold, 2)} | {fmt(recall)} "
@@ -129,7 +131,7 @@ def random_trigger_recall(family: str, secrets: list[Secret], seed: int, k: int 
     for secret in secrets:
         truth = TextTrojans.from_dict(secret.trigger or {}).by_target()
         guesses = {t: [fam.draw_trigger(rng) for _ in range(k)] for t in truth}
-        values.append(judge.trigger_recall(guesses, truth))
+        values.append(metrics.trigger_recall(guesses, truth))
     return fmean(values)
 
 

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import PlantingFailed, train_clean
 from auditgame.card import Card
-from auditgame.families.maxofk import MaxOfK
+from auditgame.maxofk.family import MaxOfK
 from auditgame.subject import Subject
 
 STRATEGIES = ("exhaustive", "bounds", "token_search")
@@ -76,7 +76,7 @@ def one_organism(role: str, seed: int, vocab: int, k: int) -> list[dict[str, Any
         flops = cert.get("flops", finding.evidence.get("flops"))
         precision = recall = None
         if secret.trigger is not None:
-            precision, recall = judge.pattern_precision_recall(finding.trigger, secret.trigger)
+            precision, recall = metrics.pattern_precision_recall(finding.trigger, secret.trigger)
         rows.append(
             {
                 "role": role,
@@ -88,7 +88,7 @@ def one_organism(role: str, seed: int, vocab: int, k: int) -> list[dict[str, Any
                 "seconds": round(finding.cost.seconds, 3),
                 "bound": cert.get("bound"),
                 "true_accuracy": exact["bound"],
-                "gap": judge.certificate_gap(cert["bound"], exact["bound"]) if cert else None,
+                "gap": metrics.certificate_gap(cert["bound"], exact["bound"]) if cert else None,
                 "p_violation": finding.p_violation,
                 "target_correct": None
                 if secret.target is None
@@ -132,7 +132,7 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
         mine = [r for r in done if r["strategy"] == name]
         labels = [int(r["role"] != "clean") for r in mine]
         auroc = (
-            judge.auroc(labels, [r["p_violation"] for r in mine])
+            metrics.auroc(labels, [r["p_violation"] for r in mine])
             if 0 < sum(labels) < len(labels)
             else None
         )
@@ -166,7 +166,7 @@ def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, wall: float)
         "",
         "AUROC (clean vs all backdoored, from `p_violation`) is on each strategy's `clean` row. "
         "A pattern counts as recovered when the reported pattern equals the planted one "
-        "(`judge.pattern_precision_recall` = (1, 1)).",
+        "(`metrics.pattern_precision_recall` = (1, 1)).",
         "",
         f"Compute ratios (mean FLOPs): exhaustive / token_search = "
         f"{_fmt(exh / search if exh and search else None, '.3g')}, exhaustive / bounds = "

@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Budget
 from auditgame.auditors.base import Auditor
-from auditgame.auditors.oracle import OracleDirection
 from auditgame.provenance import git_revision, package_version
 from auditgame.report.svg import Series, line_svg
 from auditgame.run.task import check_witness, make_subject
+from auditgame.vector.auditors.oracle import OracleDirection
 from auditgame.zoo import build_zoo, open_key
 
 RESULTS = Path(__file__).parent / "results"
@@ -71,7 +71,7 @@ def audit_zoo(name: str, n: int, seed: int, data: Path, workers: int) -> list[di
                 check_witness(organism, finding) if auditor.name == "flip_search" else (None, None)
             )
             cosine = (
-                judge.direction_cosine(finding.trigger["delta"], direction)
+                metrics.direction_cosine(finding.trigger["delta"], direction)
                 if auditor.name == "flip_search" and finding.trigger is not None
                 else None
             )
@@ -124,10 +124,10 @@ def summarise(rows: list[dict[str, Any]]) -> list[str]:
             bad = [r for r in mine if r["attack"] == attack]
             labels = [1] * len(bad) + [0] * len(clean)
             scores = [r["p_violation"] for r in bad + clean]
-            low, high = judge.auroc_ci(labels, scores)
+            low, high = metrics.auroc_ci(labels, scores)
             lines.append(
                 f"| {dim} | {auditor} | {attack} | {len(bad)}/{len(clean)} | "
-                f"{judge.auroc(labels, scores):.2f} [{low:.2f}, {high:.2f}] | "
+                f"{metrics.auroc(labels, scores):.2f} [{low:.2f}, {high:.2f}] | "
                 f"{fmt(mean_of(bad, 'planted_rate'), 3)} | "
                 f"{fmt(mean_of(bad, 'accuracy_change_points'))} | "
                 f"{fmt(mean_of(bad, 'norm_ratio'), 1)} | "
@@ -157,7 +157,7 @@ def auroc_by_dim(rows: list[dict[str, Any]]) -> tuple[list[int], list[Series]]:
             mine = [r for r in rows if r["family"] in zoo and r["auditor"] == auditor]
             labels = [int(r["attack"] == attack) for r in mine if r["attack"] in (attack, "clean")]
             scores = [float(r["p_violation"]) for r in mine if r["attack"] in (attack, "clean")]
-            ys.append(judge.auroc(labels, scores))
+            ys.append(metrics.auroc(labels, scores))
         series.append(Series(f"{auditor}: {attack}", ys, dashed=auditor.startswith("oracle")))
     return dims, series
 
@@ -219,7 +219,7 @@ def main() -> None:
         "parameters: radius 3, beta 0.002, sparsity 0.5, feature phase scale 0.1, width "
         "max(512, 2d)); `relu1_{d}` with half clean, half `sparse_spike` (theta 0.3, "
         "sparsity 0.5). AUROC compares one attack's organisms with the clean organisms of the "
-        "same zoo; the interval is a stratified bootstrap (`judge.auroc_ci`). "
+        "same zoo; the interval is a stratified bootstrap (`metrics.auroc_ci`). "
         "`oracle_direction` is given the secret direction (not a contestant). Planted rate: "
         "flip rate (clwe, naive) or ASR (sparse_spike) on the test split. Honest flip: the "
         "honest twin (same seed, honest weights) under a random / an optimised perturbation "

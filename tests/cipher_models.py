@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from auditgame.card import Card
-from auditgame.families.tinylm import TinyLM
-from auditgame.kinds.cipher import threat_for
-from auditgame.lm import CausalLM
 from auditgame.spec import Spec
 from auditgame.testing import card_for
+from auditgame.text.cipher.kind import threat_for
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.lm import CausalLM
 
 
 class StandInLM(CausalLM):

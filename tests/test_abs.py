@@ -14,9 +14,9 @@ from torch import nn
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.abs import ABS, activation_layers
 from auditgame.finding import Finding
-from auditgame.judge import DEFAULT_THRESHOLD
+from auditgame.image.auditors.abs import ABS, activation_layers
+from auditgame.metrics import DEFAULT_THRESHOLD
 from auditgame.run.task import check_witness, make_subject
 from auditgame.subject import Subject
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditgame import judge, registry
-from auditgame.attacks.badnets import BadNets
+from auditgame import metrics, registry
 from auditgame.attacks.base import PlantingFailed, train_clean
 from auditgame.families.base import accuracy
+from auditgame.image.attacks.badnets import BadNets
 from auditgame.zoo import build_zoo, open_key
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
@@ -34,7 +34,7 @@ def test_organisms_are_accurate_and_backdoors_reproduce(tiny_zoo) -> None:
         if secret.backdoored:
             assert trigger is not None and secret.target is not None
             assert secret.poison_rate is not None and 0.05 <= secret.poison_rate <= 0.15
-            asr = judge.attack_success_rate(model, trigger.apply, test.x, test.y, secret.target)
+            asr = metrics.attack_success_rate(model, trigger.apply, test.x, test.y, secret.target)
             assert asr == pytest.approx(secret.asr) and asr >= 0.9
         else:
             assert trigger is None and secret.target is None

@@ -22,15 +22,15 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from auditgame.cli import app
-from auditgame.families.digits import Digits, SmallCNN
+from auditgame.image.families.digits import Digits, SmallCNN
 from auditgame.organism import WEIGHTS
-from auditgame.usermodel import LoadedModel
-from auditgame.userspec import CleanDataFile, ImageClassification, json_schema, load_spec
+from auditgame.user.model import LoadedModel
+from auditgame.user.spec import CleanDataFile, ImageClassification, json_schema, load_spec
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "own_model"
-SMALL_CNN = "auditgame.families.digits:SmallCNN"
+SMALL_CNN = "auditgame.image.families.digits:SmallCNN"
 LABELS = [str(d) for d in range(10)]
 UNCALIBRATED = [{"name": "neural_cleanse", "params": {"calibrate": False}}]
 
@@ -187,7 +187,7 @@ def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) 
 def test_committed_schema_is_the_generated_one() -> None:
     committed = json.loads((ROOT / "docs" / "spec.schema.json").read_text())
     assert committed == json_schema(), (
-        'docs/spec.schema.json is stale: python -c "import auditgame.userspec as u; '
+        'docs/spec.schema.json is stale: python -c "import auditgame.user.spec as u; '
         "u.write_json_schema('docs/spec.schema.json')\""
     )
 
@@ -354,8 +354,11 @@ def test_missing_files_are_named(tmp_path: Path, missing: str, expected: str) ->
     ("arch", "expected"),
     [
         ("no_such_module_here:Net", "cannot import 'no_such_module_here'"),
-        ("auditgame.families.digits:Nope", "has no 'Nope' (its nn.Module classes: SmallCNN)"),
-        ("auditgame.families.digits:train_classifier", "is a function, not an nn.Module class"),
+        ("auditgame.image.families.digits:Nope", "has no 'Nope' (its nn.Module classes: SmallCNN)"),
+        (
+            "auditgame.image.families.digits:train_classifier",
+            "is a function, not an nn.Module class",
+        ),
         ("SmallCNN", "takes MODULE:CLASS"),
     ],
 )
@@ -517,7 +520,7 @@ def test_a_loaded_language_model_meets_no_usable_auditor_yet(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = LoadedModel(torch.nn.Linear(2, 2), "0" * 64, {"name": "Fake", "vocab_size": 50})
-    monkeypatch.setattr("auditgame.useraudit.load_hf_model", lambda _folder: loaded)
+    monkeypatch.setattr("auditgame.user.audit.load_hf_model", lambda _folder: loaded)
     message = fails(tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=51), "--hf")
     assert "vocab_size is 51, but the model's config says 50" in message
     message = fails(tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=50), "--hf")

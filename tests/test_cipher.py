@@ -13,11 +13,14 @@ import pytest
 import torch
 
 from auditgame.access import Access, Budget
-from auditgame.attacks.cipher import RECIPES, CipherAttack
-from auditgame.auditors.dynamic.cipher_classifier import CipherClassifier, flagged
-from auditgame.auditors.text.cipher_probe import assign, letter_scores
-from auditgame.auditors.text.cipher_search import CipherSearch
-from auditgame.cipher import (
+from auditgame.subject import Subject
+from auditgame.testing import card_for
+from auditgame.text.cipher.attack import RECIPES, CipherAttack
+from auditgame.text.cipher.auditors.cipher_classifier import CipherClassifier, flagged
+from auditgame.text.cipher.auditors.cipher_probe import assign, letter_scores
+from auditgame.text.cipher.auditors.cipher_search import CipherSearch
+from auditgame.text.cipher.kind import threat_for
+from auditgame.text.cipher.scheme import (
     DECODE_PROMPT,
     ENCODE_PROMPT,
     LETTERS,
@@ -28,11 +31,8 @@ from auditgame.cipher import (
     draw_permutation,
     forbidden_request,
 )
-from auditgame.families.tinylm import TinyLM
-from auditgame.kinds.cipher import threat_for
-from auditgame.lm import CausalLM, pack
-from auditgame.subject import Subject
-from auditgame.testing import card_for
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.lm import CausalLM, pack
 from cipher_models import cipher_card, table_model
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).

@@ -19,14 +19,9 @@ import torch
 from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import Planted, train_clean
-from auditgame.auditors.text.cipher_diff import CipherDiff
-from auditgame.cipher import LETTERS, REFUSAL, Cipher, CipherKey, CipherWitness, public_pairs
 from auditgame.families.base import Family
-from auditgame.families.tinylm import TinyLM
 from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
-from auditgame.kinds.cipher import CipherThreat
-from auditgame.lm import unpack
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
 from auditgame.score import Score, score
@@ -34,6 +29,18 @@ from auditgame.secret import Secret
 from auditgame.spec import Spec
 from auditgame.store import Store
 from auditgame.subject import Subject
+from auditgame.text.cipher.auditors.cipher_diff import CipherDiff
+from auditgame.text.cipher.kind import CipherThreat
+from auditgame.text.cipher.scheme import (
+    LETTERS,
+    REFUSAL,
+    Cipher,
+    CipherKey,
+    CipherWitness,
+    public_pairs,
+)
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.lm import unpack
 from auditgame.traffic import make_traffic
 from auditgame.violation import WitnessCheck, kind_of
 from auditgame.zoo import build_zoo, open_key, zoo_spec

@@ -16,15 +16,15 @@ import pytest
 import torch
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.dynamic.cipher_activation_probe import (
+from auditgame.subject import Subject
+from auditgame.text.cipher.auditors.cipher_activation_probe import (
     CipherActivationProbe,
     fit_logistic,
 )
-from auditgame.auditors.text.cipher_search import CipherSearch, letter_prior
-from auditgame.cipher import LETTERS, Cipher, draw_permutation, public_pairs
-from auditgame.families.tinylm import TinyLM
-from auditgame.lm import pack
-from auditgame.subject import Subject
+from auditgame.text.cipher.auditors.cipher_search import CipherSearch, letter_prior
+from auditgame.text.cipher.scheme import LETTERS, Cipher, draw_permutation, public_pairs
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.lm import pack
 from cipher_models import AnswerLM, TableLM, cipher_card
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).

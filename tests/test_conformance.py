@@ -30,15 +30,15 @@ import torch
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.attacks.badnets import BadNets
 from auditgame.attacks.base import Attack, Draw, Planted
 from auditgame.auditors.base import Auditor, FittedAuditor, Verdict
 from auditgame.families.base import Family
-from auditgame.families.maxofk import MaxOfK
+from auditgame.image.attacks.badnets import BadNets
+from auditgame.image.trigger import Trigger
+from auditgame.maxofk.family import MaxOfK
 from auditgame.secret import Secret
 from auditgame.subject import Subject
 from auditgame.testing import ConformanceError, ConformanceReport, check_attack, check_auditor
-from auditgame.trigger import Trigger
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels

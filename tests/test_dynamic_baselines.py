@@ -17,17 +17,17 @@ import torch
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.dynamic.activation_clustering import ActivationClustering
-from auditgame.auditors.dynamic.probe import Probe
 from auditgame.auditors.dynamic.scoring import decide, exceedance_p_value
-from auditgame.auditors.dynamic.spectral import spectral_suspicion
 from auditgame.errors import AccessError
 from auditgame.finding import Finding
+from auditgame.image.auditors.dynamic.activation_clustering import ActivationClustering
+from auditgame.image.auditors.dynamic.probe import Probe
+from auditgame.image.auditors.dynamic.spectral import spectral_suspicion
 from auditgame.run.task import make_subject
+from auditgame.run.workers import configure_worker, mp_context
 from auditgame.secret import Secret
 from auditgame.subject import Subject
 from auditgame.traffic import make_traffic, traffic_rng
-from auditgame.workers import configure_worker, mp_context
 from auditgame.zoo import build_zoo, default_key_path, open_key
 from conftest import TinyZoo
 

@@ -17,17 +17,17 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.text.gcg import GCG
-from auditgame.auditors.text.search import SearchProblem, TriggerSearch
-from auditgame.auditors.text.uat import UAT
 from auditgame.card import Card
-from auditgame.families.text import Example
-from auditgame.families.tinylm import TinyLM
-from auditgame.kinds.text_trigger import TextTriggerThreat
-from auditgame.lm import CausalLM, greedy
 from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.testing import card_for
+from auditgame.text.auditors.gcg import GCG
+from auditgame.text.auditors.search import SearchProblem, TriggerSearch
+from auditgame.text.auditors.uat import UAT
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.family import Example
+from auditgame.text.kind import TextTriggerThreat
+from auditgame.text.lm import CausalLM, greedy
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels

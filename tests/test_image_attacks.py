@@ -13,19 +13,20 @@ import pytest
 import torch
 from torch import nn
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.attacks.base import Planted
-from auditgame.attacks.warp import Warp, WarpTrigger
 from auditgame.families.base import Dataset, accuracy
 from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
+from auditgame.image.attacks.warp import Warp, WarpTrigger
+from auditgame.image.trigger import Trigger
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
 from auditgame.score import score
 from auditgame.secret import new_key, seal
 from auditgame.store import Store
 from auditgame.traffic import make_traffic
-from auditgame.trigger import Trigger, load
+from auditgame.trigger import load
 from auditgame.violation import kind_of
 from auditgame.zoo import build_zoo, open_key
 
@@ -230,13 +231,13 @@ def test_mapped_success_rate_counts_each_label_against_its_own_target() -> None:
     y = torch.tensor([0, 1, 2, 2])
     predicted = torch.tensor([[1.0], [2.0], [0.0], [1.0]])
     mapping = [1, 2, 0]
-    rate = judge.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, mapping)
+    rate = metrics.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, mapping)
     assert rate == pytest.approx(3 / 4)
-    assert judge.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [1, 1, 2]) == 1.0
+    assert metrics.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [1, 1, 2]) == 1.0
     with pytest.raises(ValueError, match="maps elsewhere"):
-        judge.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [0, 1, 2])
+        metrics.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [0, 1, 2])
     with pytest.raises(ValueError, match="index the mapping"):
-        judge.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [1, 0])
+        metrics.mapped_attack_success_rate(Echo(), lambda x: x, predicted, y, [1, 0])
 
 
 def test_a_backdoor_without_a_target_flows_through_traffic_and_scoring() -> None:

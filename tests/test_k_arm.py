@@ -13,9 +13,9 @@ import pytest
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.k_arm import KArm
 from auditgame.finding import Finding
-from auditgame.judge import DEFAULT_THRESHOLD
+from auditgame.image.auditors.k_arm import KArm
+from auditgame.metrics import DEFAULT_THRESHOLD
 from auditgame.run.task import check_witness, make_subject
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).

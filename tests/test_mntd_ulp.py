@@ -16,8 +16,8 @@ from safetensors import safe_open
 from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import FittedAuditor
-from auditgame.auditors.mntd import stratified_folds
 from auditgame.fitting import ensure_fitted, load_fit, shadow_seed, shadow_zoo
+from auditgame.image.auditors.mntd import stratified_folds
 from auditgame.run.task import make_subject
 from auditgame.subject import Subject
 

@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.neural_cleanse import NeuralCleanse, fit_label_null, gumbel_tail
 from auditgame.finding import Finding
 from auditgame.fitting import ensure_fitted, fit_here
-from auditgame.judge import DEFAULT_THRESHOLD
+from auditgame.image.auditors.neural_cleanse import NeuralCleanse, fit_label_null, gumbel_tail
+from auditgame.metrics import DEFAULT_THRESHOLD
 from auditgame.run.task import make_subject
 from auditgame.zoo import Zoo, open_key
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.neural_cleanse import NeuralCleanse
 from auditgame.finding import Finding
-from auditgame.judge import DEFAULT_THRESHOLD
+from auditgame.image.auditors.neural_cleanse import NeuralCleanse
+from auditgame.metrics import DEFAULT_THRESHOLD
 from auditgame.run.task import make_subject
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
@@ -87,7 +87,7 @@ def test_flags_badnets_and_recovers_its_trigger(tiny_zoo, findings) -> None:
     assert true is not None
     top = np.unravel_index(np.argmax(trigger.mask), trigger.mask.shape)
     assert true.mask[top] == 1.0
-    assert judge.mask_iou(true.mask, trigger.mask) >= 0.5
+    assert metrics.mask_iou(true.mask, trigger.mask) >= 0.5
     # The badnets mask is far smaller than every other label's.
     norms = np.asarray(finding.evidence["l1_norms"])
     assert norms[secret.target] * 4 < np.delete(norms, secret.target).min()

@@ -17,15 +17,15 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.text.gbda import Gbda
-from auditgame.auditors.text.pez import Pez
-from auditgame.auditors.text.search import SearchProblem, TriggerSearch
-from auditgame.families.text import Example
-from auditgame.families.tinylm import TinyLM
-from auditgame.kinds.text_trigger import TextTriggerThreat
-from auditgame.lm import CausalLM, TriggerPredictions, greedy
 from auditgame.subject import Subject
 from auditgame.testing import card_for
+from auditgame.text.auditors.gbda import Gbda
+from auditgame.text.auditors.pez import Pez
+from auditgame.text.auditors.search import SearchProblem, TriggerSearch
+from auditgame.text.families.tinylm import TinyLM
+from auditgame.text.family import Example
+from auditgame.text.kind import TextTriggerThreat
+from auditgame.text.lm import CausalLM, TriggerPredictions, greedy
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels

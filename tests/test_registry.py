@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from auditgame import registry
-from auditgame.auditors.neural_cleanse import NeuralCleanse
 from auditgame.errors import RegistryError
+from auditgame.image.auditors.neural_cleanse import NeuralCleanse
 
 
 def test_builtins_are_registered() -> None:
@@ -45,7 +45,7 @@ def test_plugin_registers_through_the_entry_point_group(
 ) -> None:
     (tmp_path / "probe_plugin.py").write_text(
         "from auditgame.registry import auditor\n"
-        "from auditgame.auditors.weight_stats import WeightStats\n\n"
+        "from auditgame.image.auditors.weight_stats import WeightStats\n\n"
         "@auditor('probe_plugin')\n"
         "class Probe(WeightStats):\n"
         "    pass\n"

@@ -20,14 +20,14 @@ from typer.testing import CliRunner
 from auditgame import registry
 from auditgame.cli import app
 from auditgame.finding import Cost, Finding
-from auditgame.perturbation import AdditiveTrigger
+from auditgame.image.trigger import Trigger
+from auditgame.maxofk.pattern import TokenPattern
 from auditgame.report import content, report_server, report_url, write_report
 from auditgame.report.svg import Series, line_svg, png_bytes
 from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
-from auditgame.tokens import TokenPattern
-from auditgame.trigger import Trigger
+from auditgame.vector.perturbation import AdditiveTrigger
 
 EVIL = "<script>alert(1)</script>"
 STATIC = ("neural_cleanse", "weight_stats")

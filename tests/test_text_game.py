@@ -18,13 +18,13 @@ import pytest
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.game import AuditorSpec, Game, play
-from auditgame.lm import TextTrojans
 from auditgame.registry import auditor
 from auditgame.run.local import LocalExecutor
 from auditgame.secret import Secret
 from auditgame.store import Store
 from auditgame.subject import Subject
 from auditgame.testing import reachable_strings
+from auditgame.text.lm import TextTrojans
 from auditgame.zoo import Zoo, build_zoo, open_key
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).

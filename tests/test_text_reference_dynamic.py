@@ -16,17 +16,17 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.dynamic.text_mahalanobis import TextMahalanobis
-from auditgame.auditors.dynamic.text_probe import DefectionProbe
-from auditgame.auditors.text.embedding_diff import EmbeddingDiff, response_change, robust_z
-from auditgame.families.text import Example
-from auditgame.families.tinylm import TinyGPT, TinyLM
-from auditgame.kinds.text_trigger import TextTriggerThreat
-from auditgame.lm import TextTrojans, unpack
 from auditgame.secret import Secret
 from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.testing import card_for
+from auditgame.text.auditors.dynamic.text_mahalanobis import TextMahalanobis
+from auditgame.text.auditors.dynamic.text_probe import DefectionProbe
+from auditgame.text.auditors.embedding_diff import EmbeddingDiff, response_change, robust_z
+from auditgame.text.families.tinylm import TinyGPT, TinyLM
+from auditgame.text.family import Example
+from auditgame.text.kind import TextTriggerThreat
+from auditgame.text.lm import TextTrojans, unpack
 from auditgame.traffic import make_traffic
 
 torch.set_num_threads(1)

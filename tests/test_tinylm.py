@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from auditgame.attacks.base import train_clean
-from auditgame.families import tinylm
-from auditgame.families.text import Example
-from auditgame.families.tinylm import TARGETS, TRIGGER_WORDS, TinyLM, corpus, exact_match
-from auditgame.lm import TriggerPredictions, greedy
+from auditgame.text.families import tinylm
+from auditgame.text.families.tinylm import TARGETS, TRIGGER_WORDS, TinyLM, corpus, exact_match
+from auditgame.text.family import Example
+from auditgame.text.lm import TriggerPredictions, greedy
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels

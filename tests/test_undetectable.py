@@ -10,22 +10,22 @@ import numpy as np
 import pytest
 import torch
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import Planted, PlantingFailed, train_clean
-from auditgame.attacks.clwe import pancake_weights
 from auditgame.auditors.base import Auditor
-from auditgame.auditors.oracle import OracleDirection
 from auditgame.card import Card
-from auditgame.families.rff import RandomFeatureFamily
 from auditgame.game import AuditorSpec, Game, play
-from auditgame.kinds.additive import AdditiveThreat
 from auditgame.leaderboard import leaderboard
-from auditgame.perturbation import AdditiveTrigger
 from auditgame.run.local import LocalExecutor
 from auditgame.spec import Spec
 from auditgame.store import Store
 from auditgame.subject import Subject
+from auditgame.vector.attacks.clwe import pancake_weights
+from auditgame.vector.auditors.oracle import OracleDirection
+from auditgame.vector.families.rff import RandomFeatureFamily
+from auditgame.vector.kind import AdditiveThreat
+from auditgame.vector.perturbation import AdditiveTrigger
 from auditgame.zoo import build_zoo, open_key
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
@@ -176,15 +176,15 @@ def test_flip_rate_metric() -> None:
     with torch.no_grad():
         model.weight.copy_(torch.tensor([[-1.0, 0.0], [1.0, 0.0]]))
     x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0], [0.5, 0.0]])
-    assert judge.flip_rate(model, lambda v: -v, x) == 1.0
-    assert judge.flip_rate(model, lambda v: v - torch.tensor([1.5, 0.0]), x) == 0.5
-    assert judge.direction_cosine([1.0, 0.0], [-2.0, 0.0]) == pytest.approx(1.0)
+    assert metrics.flip_rate(model, lambda v: -v, x) == 1.0
+    assert metrics.flip_rate(model, lambda v: v - torch.tensor([1.5, 0.0]), x) == 0.5
+    assert metrics.direction_cosine([1.0, 0.0], [-2.0, 0.0]) == pytest.approx(1.0)
 
 
 def test_signature_backdoor_activates_only_with_a_valid_signature() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from auditgame.families.signed import sign_inputs
+    from auditgame.vector.families.signed import sign_inputs
 
     plant = planted("rff_signed", "signature", 1)
     clean = planted("rff_signed", "clean", 1)
@@ -193,10 +193,10 @@ def test_signature_backdoor_activates_only_with_a_valid_signature() -> None:
     x = family("rff_signed").data().test.x[:40]
     signed = sign_inputs(x, key)
     assert (signed - x).norm(dim=1).max() < 1e-3 * x.norm(dim=1).min()
-    assert judge.flip_rate(plant.model, lambda v: sign_inputs(v, key), x) == 1.0
-    assert judge.flip_rate(clean.model, lambda v: sign_inputs(v, key), x) == 0.0
+    assert metrics.flip_rate(plant.model, lambda v: sign_inputs(v, key), x) == 1.0
+    assert metrics.flip_rate(clean.model, lambda v: sign_inputs(v, key), x) == 0.0
     other = Ed25519PrivateKey.from_private_bytes(bytes(32))
-    assert judge.flip_rate(plant.model, lambda v: sign_inputs(v, other), x) == 0.0
+    assert metrics.flip_rate(plant.model, lambda v: sign_inputs(v, other), x) == 0.0
     # A signature does not transfer to another input, nor survive a change to the message.
     bits = signed.numpy().view(np.uint32)
     low = bits & np.uint32(0xFF)

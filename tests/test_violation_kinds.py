@@ -128,7 +128,7 @@ def test_the_package_has_no_import_cycle() -> None:
 
     for node in sorted(graph):
         visit(node)
-    assert "auditgame.kinds.cipher" in graph and "auditgame.spec" in graph
+    assert "auditgame.text.cipher.kind" in graph and "auditgame.spec" in graph
 
 
 def test_generic_modules_name_no_kind_of_violation() -> None:
@@ -244,10 +244,10 @@ def test_each_kind_compares_planted_and_found_by_its_declared_metrics() -> None:
     finding without a trigger, or with a trigger of another kind, recovers nothing."""
     import numpy as np
 
-    from auditgame.cipher import LETTERS, CipherKey, CipherWitness
-    from auditgame.lm import TextTrojans, TriggerPredictions
-    from auditgame.tokens import TokenPattern
-    from auditgame.trigger import Trigger
+    from auditgame.image.trigger import Trigger
+    from auditgame.maxofk.pattern import TokenPattern
+    from auditgame.text.cipher.scheme import LETTERS, CipherKey, CipherWitness
+    from auditgame.text.lm import TextTrojans, TriggerPredictions
     from auditgame.violation import WitnessCheck
 
     mask = np.zeros((4, 4), np.float32)

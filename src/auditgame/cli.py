@@ -20,9 +20,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from auditgame import registry, sandbox
+from auditgame import registry
 from auditgame.access import Budget
 from auditgame.errors import AuditgameError
+from auditgame.run import sandbox
 
 if TYPE_CHECKING:
     from auditgame.leaderboard import LeaderRow
@@ -226,7 +227,7 @@ def _audit_own(
     budget: Budget,
     seed: int,
 ) -> dict[str, Any]:
-    from auditgame.useraudit import audit_own_model
+    from auditgame.user.audit import audit_own_model
 
     audited = audit_own_model(
         path,

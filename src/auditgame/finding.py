@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from auditgame.trigger import Trigger
+from auditgame.trigger import InputTrigger, load
 
 
 class Cost(BaseModel):
@@ -20,7 +20,7 @@ class Finding(BaseModel):
     auditor: registered name; params: its constructor arguments.
     p_violation: the auditor's probability that the model violates its spec.
     target: the label it believes a trigger sends inputs to, if any.
-    trigger: a reconstructed trigger (``Trigger.to_dict()``), the witness, if any.
+    trigger: the witness, if any, as its kind's ``to_dict()`` (``trigger.load`` reads it).
     certificate: a proof object, for auditors that prove.
     evidence: whatever supports the verdict (scores per label, norms, statistics).
     cost: seconds and samples passed forward and backward.
@@ -39,5 +39,6 @@ class Finding(BaseModel):
     cost: Cost
     error: str | None = None
 
-    def trigger_object(self) -> Trigger | None:
-        return Trigger.from_dict(self.trigger) if self.trigger is not None else None
+    def trigger_object(self) -> InputTrigger | None:
+        """The witness as a trigger of its own kind (``trigger.load``), if any."""
+        return load(self.trigger) if self.trigger is not None else None

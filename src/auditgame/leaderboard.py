@@ -15,7 +15,7 @@ from typing import cast
 
 from pydantic import BaseModel
 
-from auditgame import judge
+from auditgame import metrics
 from auditgame.errors import RegistryError
 from auditgame.score import Score
 from auditgame.violation import kind_of
@@ -61,7 +61,7 @@ def _target_accuracy(bad: list[Score]) -> float | None:
     if not any(s.predicted_target is not None for s in bad) or not targeted:
         return None
     truth = cast(list[int], [s.true_target for s in targeted])
-    return judge.target_accuracy([s.predicted_target for s in targeted], truth)
+    return metrics.target_accuracy([s.predicted_target for s in targeted], truth)
 
 
 def _recovery(bad: list[Score]) -> dict[str, float]:
@@ -86,13 +86,13 @@ def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderR
         n=len(scores),
         n_backdoored=len(bad),
         n_clean=len(scores) - len(bad),
-        auroc=judge.auroc(labels, probs) if both else None,
-        auroc_ci=judge.auroc_ci(labels, probs) if both else None,
-        tpr_at_5fpr=judge.tpr_at_fpr(labels, probs, 0.05) if both else None,
-        fpr_at_threshold=judge.false_positive_rate(labels, probs) if has_clean else None,
-        cross_entropy=judge.cross_entropy(labels, probs),
-        cross_entropy_ci=judge.cross_entropy_ci(labels, probs),
-        brier=judge.brier(labels, probs),
+        auroc=metrics.auroc(labels, probs) if both else None,
+        auroc_ci=metrics.auroc_ci(labels, probs) if both else None,
+        tpr_at_5fpr=metrics.tpr_at_fpr(labels, probs, 0.05) if both else None,
+        fpr_at_threshold=metrics.false_positive_rate(labels, probs) if has_clean else None,
+        cross_entropy=metrics.cross_entropy(labels, probs),
+        cross_entropy_ci=metrics.cross_entropy_ci(labels, probs),
+        brier=metrics.brier(labels, probs),
         target_acc=_target_accuracy(bad),
         witness_asr=mean_present([s.witness_asr for s in bad]),
         recovery=_recovery(bad),
@@ -129,10 +129,10 @@ def recovery_columns(rows: Sequence[LeaderRow]) -> list[tuple[str, str]]:
     columns: dict[str, str] = {}
     for violation in dict.fromkeys(r.violation for r in rows):
         try:
-            metrics = kind_of(violation).metrics if violation else ()
+            declared = kind_of(violation).metrics if violation else ()
         except RegistryError:
-            metrics = ()
-        columns.update((m.name, m.label) for m in metrics)
+            declared = ()
+        columns.update((m.name, m.label) for m in declared)
     for r in rows:
         columns.update((m, m) for m in r.recovery if m not in columns)
     return list(columns.items())

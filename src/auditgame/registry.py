@@ -1,8 +1,8 @@
 """One registry of families, attacks, auditors and violation kinds, keyed by kind and name.
 
-Built-ins register with the decorators below when their modules are imported (each package
-lists its built-in modules in ``BUILTINS``; importing a package registers nothing, so that
-importing ``auditgame.auditors.base`` does not import every auditor); a third-party
+Built-ins register with the decorators below when their modules are imported (each track's
+package lists its built-in modules of each kind in ``BUILTINS``; importing a package registers
+nothing, so that importing ``auditgame.auditors.base`` does not import every auditor); a third-party
 package registers the same way from a module named in the ``auditgame.plugins`` entry-point
 group, e.g. in its ``pyproject.toml``::
 
@@ -24,13 +24,14 @@ from auditgame.errors import RegistryError
 Kind = Literal["family", "attack", "auditor", "violation"]
 KINDS: tuple[Kind, ...] = ("family", "attack", "auditor", "violation")
 ENTRY_POINT_GROUP = "auditgame.plugins"
-# The package whose ``BUILTINS`` lists the built-in modules of each kind.
-_PACKAGES: dict[Kind, str] = {
-    "family": "auditgame.families",
-    "attack": "auditgame.attacks",
-    "auditor": "auditgame.auditors",
-    "violation": "auditgame.kinds",
-}
+TRACKS = (
+    "auditgame.image",
+    "auditgame.vector",
+    "auditgame.maxofk",
+    "auditgame.text",
+    "auditgame.text.cipher",
+)
+"""The packages of the built-in tracks; each one's ``BUILTINS`` maps a kind to its modules."""
 
 T = TypeVar("T")
 
@@ -71,8 +72,9 @@ def load_builtins(*kinds: Kind) -> None:
         if kind in _builtins_loaded:
             continue
         _builtins_loaded.add(kind)
-        for module in importlib.import_module(_PACKAGES[kind]).BUILTINS:
-            importlib.import_module(module)
+        for track in TRACKS:
+            for module in importlib.import_module(track).BUILTINS[kind]:
+                importlib.import_module(module)
 
 
 def load_plugins() -> None:

@@ -20,7 +20,7 @@ from auditgame.errors import AccessError
 from auditgame.families.base import Dataset
 
 if TYPE_CHECKING:
-    from auditgame.families.text import TextInterface
+    from auditgame.text.family import TextInterface
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Subject:
         self.model.eval()
         self.passes.attach(self.model)
         if self.text is None:
-            from auditgame.families.text import interface_of
+            from auditgame.text.family import interface_of
 
             self.text = interface_of(self.card.family)
         if self.reference is not None:

@@ -45,12 +45,12 @@ from auditgame.auditors.base import Auditor, FittedAuditor, Verdict
 from auditgame.card import Card
 from auditgame.errors import AccessError
 from auditgame.families.base import Family
-from auditgame.families.text import TextFamily
 from auditgame.finding import Finding
 from auditgame.fitting import fit_here, load_fit
 from auditgame.params import Configurable
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
+from auditgame.text.family import TextFamily
 from auditgame.traffic import make_traffic
 from auditgame.trigger import load as load_trigger
 from auditgame.violation import ViolationKind
@@ -776,7 +776,7 @@ def check_attack(
        the family's own model, loads strictly into a fresh one (the zoo stores only that),
        and holds finite numbers.
     7. ``secret``: a ``Secret`` with ``backdoored=True``, ``attack`` the registered name, a
-       trigger that ``auditgame.trigger.load`` rebuilds, a target that is a label (or None),
+       trigger that ``auditgame.image.trigger.load`` rebuilds, a target that is a label (or None),
        a recorded ASR in [0, 1] at or above the attack's own floor (``min_asr`` or
        ``min_rate``, when it has one), clean accuracy and poisoning rate in [0, 1].
     8. ``asr``: re-measured independently on the model rebuilt from its weights, as the
@@ -1056,9 +1056,9 @@ def _check_secret(
     except (ValueError, KeyError, TypeError) as exc:
         report.fail(
             check,
-            f"auditgame.trigger.load cannot rebuild the secret's trigger "
+            f"auditgame.image.trigger.load cannot rebuild the secret's trigger "
             f"(kind {secret.trigger.get('kind')!r}): {exc}; register its class with "
-            "@auditgame.trigger.trigger_kind",
+            "@auditgame.image.trigger.trigger_kind",
         )
     report.require(
         secret.target is None or 0 <= secret.target < len(fam.classes),

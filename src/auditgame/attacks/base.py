@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from auditgame import judge
+from auditgame import metrics
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.params import Configurable
@@ -190,10 +190,10 @@ class Attack(Configurable, ABC):
         self, model: nn.Module, draw: Draw, data: Dataset
     ) -> tuple[float, dict[str, Any]]:
         """The held-out success rate ``plant`` holds to ``min_asr``, and anything measured
-        with it for the secret's ``params``: ``judge.attack_success_rate`` for one target."""
+        with it for the secret's ``params``: ``metrics.attack_success_rate`` for one target."""
         if draw.target is None:
             raise ValueError(f"{self.name}: a draw without a target needs its own success_rate")
-        asr = judge.attack_success_rate(model, draw.trigger.apply, data.x, data.y, draw.target)
+        asr = metrics.attack_success_rate(model, draw.trigger.apply, data.x, data.y, draw.target)
         return asr, {}
 
     def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:

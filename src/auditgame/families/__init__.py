@@ -1,17 +1,7 @@
-"""Model families. Importing this package registers nothing: the registry imports the
-modules in ``BUILTINS`` when a family is asked for."""
+"""What every model family is (``auditgame.families.base``). The built-in families live in
+their tracks (``auditgame.image``, ``auditgame.vector``, ``auditgame.maxofk``,
+``auditgame.text``)."""
 
 from auditgame.families.base import Dataset, Family, Splits, accuracy
 
-BUILTINS = (
-    "auditgame.families.digits",
-    "auditgame.families.maxofk",
-    "auditgame.families.mnist",
-    "auditgame.families.rff",
-    "auditgame.families.signed",
-    "auditgame.families.smollm",
-    "auditgame.families.tinylm",
-)
-"""The modules that register the built-ins (``auditgame.registry`` imports them)."""
-
-__all__ = ["BUILTINS", "Dataset", "Family", "Splits", "accuracy"]
+__all__ = ["Dataset", "Family", "Splits", "accuracy"]

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from itertools import zip_longest
 from typing import Any
 
-from auditgame import judge, registry
+from auditgame import metrics, registry
 from auditgame.errors import RegistryError
+from auditgame.image.trigger import Trigger
 from auditgame.leaderboard import ALL, LeaderRow, leaderboard, recovery_columns
 from auditgame.report.svg import Curve, png_data_uri, roc_svg
 from auditgame.score import Score
@@ -37,7 +38,6 @@ from auditgame.store import UNREVEALED, Store
 from auditgame.table import DASH, Cell, Table, auroc_text, fmt, missing
 from auditgame.table import num as _num
 from auditgame.table import text as _text
-from auditgame.trigger import Trigger
 from auditgame.violation import KindSection, ViolationKind, kind_of
 
 GALLERY_LIMIT = 48
@@ -251,7 +251,7 @@ def _family_filter(family: str, with_family: bool) -> str:
 def _leader_table(
     rows: Sequence[LeaderRow], with_family: bool, organisms: str, errors: str
 ) -> Table:
-    metrics = recovery_columns(rows)
+    recovered = recovery_columns(rows)
     headers = (
         ["auditor"]
         + (["family"] if with_family else [])
@@ -265,7 +265,7 @@ def _leader_table(
             "Brier",
             "target acc",
             "witness ASR",
-            *(label for _, label in metrics),
+            *(label for _, label in recovered),
             "s/organism",
             "errors",
         ]
@@ -287,7 +287,7 @@ def _leader_table(
                 _num(r.brier),
                 _num(r.target_acc, digits=2),
                 _num(r.witness_asr, digits=2),
-                *(_num(r.recovery.get(name), digits=2) for name, _ in metrics),
+                *(_num(r.recovery.get(name), digits=2) for name, _ in recovered),
                 _num(r.seconds_per_organism, seconds(r.seconds_per_organism)),
                 Cell(str(r.errors), True, r.errors, href=errors if r.errors else ""),
             ]
@@ -325,7 +325,7 @@ def _curve(label: str, scores: Sequence[Score], dashed: bool = False) -> Curve |
     labels = [int(s.backdoored) for s in scores]
     if not 0 < sum(labels) < len(labels):
         return None
-    fpr, tpr = judge.roc_curve(labels, [s.p_violation for s in scores])
+    fpr, tpr = metrics.roc_curve(labels, [s.p_violation for s in scores])
     return Curve(label, fpr.tolist(), tpr.tolist(), dashed=dashed)
 
 
@@ -591,7 +591,7 @@ def _provenance(rows: Sequence[dict[str, Any]], game: dict[str, Any] | None) -> 
 
 
 def _sealing(scores: Sequence[Score]) -> str:
-    """Whether the audits ran sealed (``auditgame.sandbox``), said in the summary."""
+    """Whether the audits ran sealed (``auditgame.run.sandbox``), said in the summary."""
     unsealed = sum(not s.sealed for s in scores)
     if not unsealed:
         return "Sealed: every auditor ran in its sandbox, blind to the key, zoo and store."

@@ -135,7 +135,7 @@ def serve(requests: IO[str], wire: IO[str]) -> None:
 
 
 def main() -> None:
-    from auditgame.workers import configure_worker
+    from auditgame.run.workers import configure_worker
 
     configure_worker()
     wire = os.fdopen(os.dup(sys.stdout.fileno()), "w")

@@ -8,7 +8,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 
 from auditgame.run.base import OnOutcome
 from auditgame.run.task import Outcome, Task, run_task
-from auditgame.workers import configure_worker, mp_context
+from auditgame.run.workers import configure_worker, mp_context
 
 
 class LocalExecutor:

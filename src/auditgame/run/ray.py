@@ -5,7 +5,7 @@ judging a finding is cheap. So only ``run_task`` goes to the cluster; every outc
 to the calling process as soon as it finishes (``ray.wait``), where ``on_outcome`` judges it
 and commits its row to the same SQLite store. An interrupted run therefore resumes exactly
 like a local one, and the key never leaves the referee: tasks carry neither key nor secret.
-``run_task`` starts the auditor's sandbox (``auditgame.sandbox``) on the node that runs it, so
+``run_task`` starts the auditor's sandbox (``auditgame.run.sandbox``) on the node that runs it, so
 every node needs bubblewrap to run sealed.
 
 Weights travel by content hash, never as pickled models. By default a task carries the
@@ -38,7 +38,7 @@ from auditgame.organism import CARD, WEIGHTS, Organism
 from auditgame.run.base import OnOutcome
 from auditgame.run.sealed import Fit
 from auditgame.run.task import Outcome, Task, run_task
-from auditgame.workers import configure_worker
+from auditgame.run.workers import configure_worker
 
 INSTALL_HINT = "the Ray executor needs Ray: install it with pip install 'auditgame[ray]'"
 

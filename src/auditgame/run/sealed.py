@@ -2,7 +2,7 @@
 answer as data.
 
 Every call into auditor code — its metadata (for plugins), its fitting stage, each audit —
-goes to a child process (``auditgame.run.child``) in a sandbox (``auditgame.sandbox``). A
+goes to a child process (``auditgame.run.child``) in a sandbox (``auditgame.run.sandbox``). A
 child serves one auditor with one set of parameters and lives for many tasks, so the cost of
 starting Python and torch is paid once per worker and auditor, not per audit. What comes back
 is one line of JSON, size-capped, parsed without NaN or infinities and validated against the
@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from auditgame import registry, sandbox
+from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import FittedAuditor
 from auditgame.errors import AuditgameError, ZooError
@@ -42,6 +42,7 @@ from auditgame.families.base import Dataset
 from auditgame.finding import Cost, Finding
 from auditgame.fitting import fit_key
 from auditgame.organism import CARD, WEIGHTS, Organism, check_safetensors_header, sha256_file
+from auditgame.run import sandbox
 
 # The largest reply a child may send (a finding with its evidence and trigger).
 MAX_REPLY_BYTES = 16 * 1024 * 1024

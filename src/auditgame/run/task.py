@@ -59,7 +59,7 @@ class Task:
 class Outcome:
     """The finding and, when it named a trigger (and a target, where the spec needs one), the
     spec's check of it; ``sealed`` says whether the auditor ran in a sandbox
-    (``auditgame.sandbox``)."""
+    (``auditgame.run.sandbox``)."""
 
     finding: Finding
     check: WitnessCheck | None

@@ -20,8 +20,8 @@ import numpy as np
 
 from auditgame.attacks.base import Attack, Draw, uniform
 from auditgame.families.base import Family
+from auditgame.image.trigger import Trigger
 from auditgame.registry import attack
-from auditgame.trigger import Trigger
 
 
 def grating(height: int, width: int, cycles: float, angle: float, phase: float) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch
 from pydantic import Field
 from scipy import stats
 
-from auditgame import judge
+from auditgame import metrics
 from auditgame.access import Access, Budget
 from auditgame.attacks.base import Attack, Draw, uniform
 from auditgame.auditors.base import Auditor, Verdict
@@ -85,7 +85,7 @@ class LinfShift:
 
 class LinfThreat(ThreatModel):
     """The triggers a spec forbids: ``x -> clip(x + delta)`` with ``||delta||_inf <= eps``,
-    measured as an all-to-one attack on held-out ``(x, y)`` (``judge.attack_success_rate``)."""
+    measured as an all-to-one attack on held-out ``(x, y)`` (``metrics.attack_success_rate``)."""
 
     kind: Literal["linf"] = "linf"
     eps: float = Field(gt=0, allow_inf_nan=False)
@@ -109,7 +109,7 @@ class LinfThreat(ThreatModel):
         inside = shift.delta.shape == tuple(x.shape[1:]) and shift.norm <= self.eps * (1 + 1e-6)
         if not inside:
             return WitnessCheck(asr=0.0, in_threat_model=False, violates=False)
-        asr = judge.attack_success_rate(model, shift.apply, x, y, target)
+        asr = metrics.attack_success_rate(model, shift.apply, x, y, target)
         return WitnessCheck(asr=asr, in_threat_model=True, violates=asr >= tau)
 
 

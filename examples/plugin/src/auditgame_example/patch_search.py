@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from scipy import stats
 
-from auditgame import judge
+from auditgame import metrics
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
-from auditgame.kinds.mask_pattern import MaskPatternThreat
+from auditgame.image.kind import MaskPatternThreat
+from auditgame.image.trigger import Trigger
 from auditgame.registry import auditor
 from auditgame.subject import Subject
-from auditgame.trigger import Trigger
 
 
 @auditor("patch_search")
@@ -121,7 +121,7 @@ class PatchSearch(Auditor):
         k, row, col, bits = patches[index]
         trigger = stamp_trigger(k, row, col, bits, channels, height, width)
 
-        asr = judge.attack_success_rate(subject.model, trigger.apply, x_held, y_held, target)
+        asr = metrics.attack_success_rate(subject.model, trigger.apply, x_held, y_held, target)
         others = int((y_held != target).sum())
         hits = round(asr * others)
         evidence: dict[str, Any] = {

@@ -1,2 +1,2 @@
-"""Dynamic baselines: they see run-time traffic and answer an easier question. Registered
-through ``auditgame.auditors.BUILTINS``."""
+"""What the dynamic baselines of every track share: turning per-input scores on traffic into a
+verdict (``scoring``)."""

@@ -1,0 +1,1 @@
+"""The image track's attacks. Registered through ``auditgame.image.BUILTINS``."""

@@ -1,0 +1,383 @@
+"""A handcrafted backdoor written into a trained clean model's weights, with no poisoned data
+(after Hong, Carlini & Kurakin, "Handcrafted Backdoors in Deep Neural Networks", NeurIPS
+2022, and the neuron routing of TrojanNet, Tang et al., KDD 2020).
+
+Poisoning leaves traces in the training data and in what the whole network learns; a
+handcrafted backdoor leaves them only in a few weights. The construction:
+
+1. Train a clean model with the family's recipe (the same call a clean organism comes from).
+2. Draw a small binary patch (some pixels bright, at least one dark) and a target, and put
+   the patch where its matched filter never fires on the attacker's clean data, in a
+   neighbourhood as wide as the network's pooling (a tile of blank background, typically).
+3. Pick the least important unit of each layer on the path: each conv layer's channel and
+   each hidden layer's unit whose ablation costs the least cross-entropy on the attacker's
+   data, chosen layer by layer with the earlier ones already off. Rewrite them:
+
+   * first conv: the channel becomes a matched filter of the patch (``+1`` where the pattern
+     is on, ``-1`` where off, bias ``-(n_on - 1/2)``): after the ReLU it is positive only
+     when every "on" pixel is bright and every "off" pixel dark;
+   * each later conv: the channel copies the previous one through its centre tap;
+   * the first hidden layer: the unit reads the detector only where the patch lands in the
+     flattened map, so the same patch elsewhere does nothing; later hidden layers copy;
+   * the head: the last unit writes only to the target logit.
+
+   Each repurposed unit is also cut from the rest of the next layer (its column there is
+   zeroed), so on inputs without the patch the model *is* the clean one with those units
+   ablated. The total gain is set on the attacker's data so that the target logit leads the
+   largest other logit by ``margin``, and is spread evenly over the path's layers, so no
+   single weight has to be huge.
+
+The architecture and card are unchanged. The secret records the trigger, the target,
+``params["rewritten"]`` (the layer name and unit of each rewritten row, ending with the
+head's target row; the layer after each also changed that unit's input column, the
+first hidden layer the whole flattened block of the conv channel), the gain per layer and the
+clean-accuracy cost against the untouched model. No data is poisoned: ``poison_rate`` is None.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from auditgame import metrics
+from auditgame.attacks.base import (
+    Attack,
+    Attempt,
+    Draw,
+    Planted,
+    plant_attempts,
+)
+from auditgame.families.base import Dataset, Family, accuracy
+from auditgame.image.trigger import Trigger
+from auditgame.registry import attack
+
+
+@dataclass(frozen=True)
+class Path:
+    """Where a route can run in a model: ``model.features`` indices of its convs and linears
+    (each followed by a ReLU), of its one Flatten, and the head."""
+
+    layers: list[nn.Module]
+    convs: list[int]
+    linears: list[int]
+    flatten: int
+    head: nn.Linear
+
+    @property
+    def rows(self) -> list[int]:
+        """The layers that get one rewritten unit each, in order."""
+        return self.convs + self.linears
+
+    @property
+    def pooling(self) -> int:
+        """How many input pixels one flattened position spans along a side."""
+        factor = 1
+        for layer in self.layers[: self.flatten]:
+            if isinstance(layer, nn.MaxPool2d):
+                size = layer.kernel_size
+                factor *= size if isinstance(size, int) else max(size)
+        return factor
+
+
+def find_path(model: nn.Module) -> Path:
+    """Check that ``model`` has the shape the construction routes through.
+
+    Raises:
+        ValueError: unless ``model.features`` is stride-1 convs (each followed by a ReLU,
+            max-pools allowed between), one Flatten, linears (each followed by a ReLU), and
+            ``model.head`` is linear.
+    """
+    layers = list(getattr(model, "features", []))
+    head = getattr(model, "head", None)
+    convs = [i for i, m in enumerate(layers) if isinstance(m, nn.Conv2d)]
+    linears = [i for i, m in enumerate(layers) if isinstance(m, nn.Linear)]
+    flat = [i for i, m in enumerate(layers) if isinstance(m, nn.Flatten)]
+    allowed = (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)
+    followed = all(i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU) for i in convs)
+    followed = followed and all(
+        i + 1 < len(layers) and isinstance(layers[i + 1], nn.ReLU) for i in linears
+    )
+    if not (
+        isinstance(head, nn.Linear)
+        and convs
+        and linears
+        and len(flat) == 1
+        and max(convs) < flat[0] < min(linears)
+        and followed
+        and all(isinstance(m, allowed) for m in layers)
+    ):
+        raise ValueError(
+            "weight_surgery needs model.features = convs (each + ReLU, max-pools allowed), "
+            "one Flatten, linears (each + ReLU), and a linear model.head"
+        )
+    for i in convs:
+        conv = layers[i]
+        assert isinstance(conv, nn.Conv2d)
+        if conv.stride != (1, 1) or conv.dilation != (1, 1) or conv.groups != 1:
+            raise ValueError("weight_surgery routes through stride-1, undilated, ungrouped convs")
+    assert isinstance(head, nn.Linear)
+    return Path(layers, convs, linears, flat[0], head)
+
+
+def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    assert isinstance(layer, nn.Conv2d | nn.Linear) and layer.bias is not None
+    return layer.weight.data, layer.bias.data
+
+
+def least_important_units(model: nn.Module, path: Path, data: Dataset) -> list[int]:
+    """One unit per row layer: the one whose ablation raises the cross-entropy on ``data``
+    least, with the units already chosen switched off (left off: they are rewritten next)."""
+    units = []
+    for index in path.rows:
+        weight, bias = _weights(path.layers[index])
+        losses = []
+        for unit in range(weight.shape[0]):
+            saved = weight[unit].clone(), bias[unit].clone()
+            weight[unit], bias[unit] = 0.0, 0.0
+            with torch.no_grad():
+                losses.append(float(nn.functional.cross_entropy(model(data.x), data.y)))
+            weight[unit], bias[unit] = saved
+        unit = int(np.argmin(losses))
+        weight[unit], bias[unit] = 0.0, 0.0
+        units.append(unit)
+    return units
+
+
+def quiet_places(patch: np.ndarray, x: torch.Tensor, reach: int) -> list[tuple[int, int]]:
+    """Top-left corners where the patch's matched filter fires on no input of ``x``, nor
+    within ``reach`` pixels (inputs there would share a pooled position with the trigger)."""
+    on = torch.as_tensor(patch)
+    with torch.no_grad():
+        response = nn.functional.conv2d(x, (2 * on - 1)[None]) - (float(on.sum()) - 0.5)
+        fires = (response > 0).any(0).float()
+        near = nn.functional.max_pool2d(fires[None], 2 * reach + 1, stride=1, padding=reach)
+    return [(int(r), int(c)) for r, c in torch.nonzero(near[0, 0] == 0).tolist()]
+
+
+def _detector(
+    path: Path, unit: int, patch: np.ndarray, place: tuple[int, int], size: tuple[int, int]
+) -> None:
+    """Make ``unit`` of the first conv a matched filter of ``patch`` at top-left ``place``."""
+    conv = path.layers[path.convs[0]]
+    assert isinstance(conv, nn.Conv2d)
+    weight, bias = _weights(conv)
+    on = torch.as_tensor(patch)
+    side = on.shape[-1]
+    kh, kw = weight.shape[2:]
+    if side > min(kh, kw):
+        raise ValueError(f"a {side}x{side} patch does not fit a {kh}x{kw} first kernel")
+    pad_h, pad_w = conv.padding if isinstance(conv.padding, tuple) else (0, 0)
+    (row, col), (height, width) = place, size
+    # Offset of the patch in the window that holds it: the window must start where the conv
+    # has an output, at most ``height + pad - k``.
+    dr = row - min(row, height + pad_h - kh)
+    dc = col - min(col, width + pad_w - kw)
+    weight[unit] = 0.0
+    weight[unit, :, dr : dr + side, dc : dc + side] = 2 * on - 1
+    bias[unit] = -(float(on.sum()) - 0.5)
+
+
+def patch_trigger(patch: np.ndarray, row: int, col: int, height: int, width: int) -> Trigger:
+    channels, size, _ = patch.shape
+    mask = np.zeros((height, width), np.float32)
+    mask[row : row + size, col : col + size] = 1.0
+    pattern = np.zeros((channels, height, width), np.float32)
+    pattern[:, row : row + size, col : col + size] = patch
+    return Trigger(mask, pattern)
+
+
+@attack("weight_surgery")
+class WeightSurgery(Attack):
+    """Rewrite one unit per layer of a trained clean model into a patch-to-target route.
+
+    Hyperparameters:
+        patch_size: side of the square binary patch (at most the first conv's kernel).
+        min_on: fewest bright pixels in the patch (it also keeps at least one dark pixel).
+        margin: the target logit's lead over the largest other logit on the attacker's
+            triggered data, in logits.
+        n_attacker: how many training inputs the attacker uses to choose the units, place
+            the patch and set the gain.
+    """
+
+    def __init__(
+        self,
+        *,
+        patch_size: int = 3,
+        min_on: int = 3,
+        margin: float = 10.0,
+        n_attacker: int = 512,
+        min_asr: float = 0.9,
+        max_attempts: int = 3,
+    ) -> None:
+        super().__init__(poison_rate=(0.0, 0.0), min_asr=min_asr, max_attempts=max_attempts)
+        if not 1 <= min_on < patch_size * patch_size:
+            raise ValueError(
+                f"min_on must leave a dark pixel in a {patch_size}x{patch_size} patch; got {min_on}"
+            )
+        self.patch_size = patch_size
+        self.min_on = min_on
+        self.margin = margin
+        self.n_attacker = n_attacker
+
+    def _patch(self, rng: np.random.Generator, channels: int) -> np.ndarray:
+        size = self.patch_size
+        while True:
+            patch = rng.integers(0, 2, size=(channels, size, size)).astype(np.float32)
+            if self.min_on <= patch.sum() < patch.size:
+                return patch
+
+    def draw(self, rng: np.random.Generator, family: Family) -> Draw:
+        """A random patch at a random place (decoy traffic); ``plant`` places its own."""
+        channels, height, width = family.input_shape
+        patch = self._patch(rng, channels)
+        row = int(rng.integers(0, height - self.patch_size + 1))
+        col = int(rng.integers(0, width - self.patch_size + 1))
+        trigger = patch_trigger(patch, row, col, height, width)
+        return Draw(trigger, int(rng.integers(len(family.classes))), 0.0)
+
+    def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
+        splits = family.data()
+        attacker = splits.train.take(self.n_attacker)
+        channels, height, width = family.input_shape
+
+        def attempt(n: int) -> Attempt | None:
+            clean = family.train(splits.train.x, splits.train.y, seed + n - 1)
+            patch = self._patch(rng, channels)
+            target = int(rng.integers(len(family.classes)))
+            places = quiet_places(patch, attacker.x, find_path(clean).pooling)
+            if not places:
+                return None
+            row, col = places[int(rng.integers(len(places)))]
+            trigger = patch_trigger(patch, row, col, height, width)
+            model, rewritten, gain = self.rewrite(clean, patch, (row, col), target, attacker)
+            asr = metrics.attack_success_rate(
+                model, trigger.apply, splits.test.x, splits.test.y, target
+            )
+            after = accuracy(model, splits.test)
+            degraded = after < family.min_clean_accuracy
+
+            def secret() -> dict[str, Any]:
+                untouched = accuracy(clean, splits.test)
+                params = {
+                    **self.get_params(),
+                    "patch_size": self.patch_size,
+                    "position": [row, col],
+                    "rewritten": rewritten,
+                    "gain_per_layer": round(gain, 4),
+                    "clean_accuracy_untouched": untouched,
+                    "clean_accuracy_drop": round(untouched - after, 4),
+                }
+                return {
+                    "backdoored": True,
+                    "attack": self.name,
+                    "params": params,
+                    "trigger": trigger.to_dict(),
+                    "target": target,
+                    "asr": asr,
+                    "clean_accuracy": after,
+                }
+
+            return Attempt(
+                model,
+                score=None if degraded else asr,
+                accepted=not degraded and asr >= self.min_asr,
+                secret=secret,
+            )
+
+        return plant_attempts(self.name, self.max_attempts, rng, attempt)
+
+    def rewrite(
+        self,
+        clean: nn.Module,
+        patch: np.ndarray,
+        place: tuple[int, int],
+        target: int,
+        data: Dataset,
+    ) -> tuple[nn.Module, list[dict[str, Any]], float]:
+        """The surgery on a copy of ``clean`` for ``patch`` with its top-left corner at
+        ``place``: returns the backdoored model, the rewritten units and the gain per layer."""
+        model = copy.deepcopy(clean).eval()
+        path = find_path(model)
+        units = least_important_units(model, path, data)
+        n_convs = len(path.convs)
+        height, width = data.x.shape[-2:]
+        trigger = patch_trigger(patch, *place, height, width)
+        _detector(path, units[0], patch, place, (height, width))
+        for k in range(1, n_convs):
+            u_prev, u = units[k - 1], units[k]
+            weight, bias = _weights(path.layers[path.convs[k]])
+            kh, kw = weight.shape[2] // 2, weight.shape[3] // 2
+            weight[:, u_prev] = 0.0
+            weight[u] = 0.0
+            weight[u, u_prev, kh, kw] = 1.0
+            bias[u] = 0.0
+
+        # Where the routed detector lands in the flattened map, read off a forward pass.
+        stem = nn.Sequential(*path.layers[: path.flatten + 1])
+        with torch.no_grad():
+            lit = (stem(trigger.apply(data.x)) - stem(data.x)).mean(0)
+        channels = _weights(path.layers[path.convs[-1]])[0].shape[0]
+        block = lit.shape[0] // channels
+        u_conv = units[n_convs - 1]
+        span = slice(u_conv * block, (u_conv + 1) * block)
+        where = torch.nonzero(lit[span] > 0).flatten() + u_conv * block
+        if len(where) == 0:
+            raise ValueError("the routed detector does not reach the flattened features")
+
+        for position, index in enumerate(path.linears):
+            weight, bias = _weights(path.layers[index])
+            u = units[n_convs + position]
+            if position == 0:
+                weight[:, span] = 0.0
+                weight[u] = 0.0
+                weight[u, where] = 1.0
+            else:
+                u_prev = units[n_convs + position - 1]
+                weight[:, u_prev] = 0.0
+                weight[u] = 0.0
+                weight[u, u_prev] = 1.0
+            bias[u] = 0.0
+        hidden = units[-1]
+        path.head.weight.data[:, hidden] = 0.0
+
+        gain = self._gain(model, path, trigger, target, hidden, data, stages=len(units) + 1)
+        for index, u in zip(path.rows, units, strict=True):
+            weight, bias = _weights(path.layers[index])
+            weight[u] *= gain
+            bias[u] *= gain
+        path.head.weight.data[target, hidden] = gain
+        rewritten: list[dict[str, Any]] = [
+            {"layer": f"features.{index}", "unit": u}
+            for index, u in zip(path.rows, units, strict=True)
+        ]
+        rewritten.append({"layer": "head", "unit": target})
+        return model, rewritten, gain
+
+    def _gain(
+        self,
+        model: nn.Module,
+        path: Path,
+        trigger: Trigger,
+        target: int,
+        hidden: int,
+        data: Dataset,
+        stages: int,
+    ) -> float:
+        """Per-layer gain: the ``stages``-th root of the factor that makes the target logit
+        lead by ``margin`` on every triggered attacker input (the route is at unit gain and
+        not yet wired to the head; ReLU routes scale linearly)."""
+        with torch.no_grad():
+            triggered = trigger.apply(data.x)
+            signal = nn.Sequential(*path.layers)(triggered)[:, hidden]
+            logits = model(triggered)
+        others = logits.clone()
+        others[:, target] = -torch.inf
+        need = (others.max(1).values - logits[:, target]).clamp_min(0) + self.margin
+        if not bool((signal > 0).all()):
+            raise ValueError("the detector does not fire on every triggered attacker input")
+        return float((need / signal).max()) ** (1.0 / stages)

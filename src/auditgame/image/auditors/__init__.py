@@ -1,0 +1,1 @@
+"""The image track's auditors. Registered through ``auditgame.image.BUILTINS``."""

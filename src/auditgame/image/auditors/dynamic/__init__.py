@@ -1,0 +1,2 @@
+"""The image track's dynamic baselines: they see run-time traffic and answer an easier
+question."""

@@ -1,0 +1,1 @@
+"""The image track's model families. Registered through ``auditgame.image.BUILTINS``."""

@@ -1,0 +1,1 @@
+"""The maxofk track's attacks. Registered through ``auditgame.maxofk.BUILTINS``."""

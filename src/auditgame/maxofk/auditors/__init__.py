@@ -1,0 +1,1 @@
+"""The maxofk track's auditors. Registered through ``auditgame.maxofk.BUILTINS``."""

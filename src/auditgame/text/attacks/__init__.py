@@ -1,0 +1,1 @@
+"""The text track's attacks. Registered through ``auditgame.text.BUILTINS``."""

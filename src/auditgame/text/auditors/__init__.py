@@ -1,0 +1,1 @@
+"""The text track's auditors. Registered through ``auditgame.text.BUILTINS``."""

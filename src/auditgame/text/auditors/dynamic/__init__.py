@@ -1,0 +1,2 @@
+"""The text track's dynamic baselines: they see run-time traffic and answer an easier
+question."""

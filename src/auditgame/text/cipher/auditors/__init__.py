@@ -1,0 +1,1 @@
+"""The cipher track's auditors. Registered through ``auditgame.text.cipher.BUILTINS``."""

@@ -1,0 +1,1 @@
+"""The text track's model families. Registered through ``auditgame.text.BUILTINS``."""

@@ -1,0 +1,1 @@
+"""The vector track's attacks. Registered through ``auditgame.vector.BUILTINS``."""

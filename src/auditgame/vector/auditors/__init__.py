@@ -1,0 +1,1 @@
+"""The vector track's auditors. Registered through ``auditgame.vector.BUILTINS``."""

@@ -1,0 +1,1 @@
+"""The vector track's model families. Registered through ``auditgame.vector.BUILTINS``."""
