@@ -166,6 +166,7 @@ def our_methods(clean: Dataset) -> dict[str, Callable[[PoisonedSet], np.ndarray]
                 clean.x,
                 clean.y.numpy(),
                 np.random.default_rng(s.seed),
+                layer=s.model.features,
             )
             return np.asarray(found.flags())  # type: ignore[attr-defined]
 

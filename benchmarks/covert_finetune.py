@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from auditgame import cipher, registry
+from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import LeaderRow, leaderboard
@@ -48,6 +48,7 @@ from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
 from auditgame.subject import Subject
+from auditgame.text.cipher import scheme as cipher
 from auditgame.text.cipher.attack import CipherAttack
 from auditgame.text.cipher.auditors.cipher_activation_probe import CipherActivationProbe
 from auditgame.text.cipher.auditors.cipher_classifier import CipherClassifier

@@ -87,8 +87,8 @@ def main() -> None:
         play_one(Path(zoo), auditor, Path(store), int(workers))
         return
 
-    from auditgame import sandbox
     from auditgame.provenance import git_revision
+    from auditgame.run import sandbox
     from auditgame.zoo import build_zoo
 
     if not sandbox.sealed():

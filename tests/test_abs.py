@@ -49,7 +49,7 @@ def test_registered_with_its_tags() -> None:
 
 def test_stimulates_the_activation_layers_of_features(tiny_zoo) -> None:
     model = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0]).model()
-    names = [name for name, _ in activation_layers(model)]
+    names = [name for name, _ in activation_layers(model, model.features)]
     assert names == ["features.1", "features.3", "features.7"]
 
 
@@ -102,7 +102,18 @@ def test_a_model_without_features_is_an_error(tiny_zoo) -> None:
     flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     subject = Subject(model=flat, card=organism.card, access=Access.CLEAN_DATA, clean=clean)
     finding = ABS().audit(subject, BUDGET)
-    assert finding.error is not None and "model.features" in finding.error
+    assert finding.error is not None and "declares no feature layer" in finding.error
+
+
+def test_stimulates_the_feature_layer_a_subject_declares() -> None:
+    """A model whose inner representation is not called ``features`` (a user's, whose spec
+    file names its ``feature_layer``): ABS stimulates the activations inside the declared one."""
+    model = nn.Sequential(
+        nn.Flatten(), nn.Sequential(nn.Linear(64, 16), nn.ReLU()), nn.Linear(16, 10)
+    )
+    assert [name for name, _ in activation_layers(model, model[1])] == ["1.1"]
+    with pytest.raises(ValueError, match="not a module of the model"):
+        activation_layers(model, nn.ReLU())
 
 
 def test_stops_at_the_budget_with_a_finding(tiny_zoo) -> None:

@@ -22,12 +22,11 @@ from threading import Thread
 
 import pytest
 
-from auditgame import sandbox
 from auditgame.access import Budget
 from auditgame.errors import ZooError
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.report import report_server
-from auditgame.run import sealed
+from auditgame.run import sandbox, sealed
 from auditgame.run.local import LocalExecutor
 from auditgame.run.sealed import close_children
 from auditgame.store import UNREVEALED, Store

@@ -167,6 +167,26 @@ def test_a_weights_only_auditor_needs_no_clean_data_and_no_witness_is_checked(
     assert "witness not checked: the auditor named no trigger" in " ".join(result.output.split())
 
 
+def test_the_spec_names_the_feature_layer_and_a_wrong_name_stops_before_any_audit(
+    tmp_path: Path,
+) -> None:
+    """``feature_layer`` names the module the activation auditors read (ABS, the dynamic
+    baselines); without it the model's ``features``; a name the model lacks is a spec error."""
+    from auditgame.user.audit import feature_layer
+    from auditgame.user.spec import load_spec
+
+    model = SmallCNN()
+    named = write_spec(tmp_path, feature_layer="features.3")
+    assert feature_layer(model, load_spec(named), named) is model.features[3]
+    default = write_spec(tmp_path)
+    assert feature_layer(model, load_spec(default), default) is model.features
+    weights = random_weights(tmp_path)
+    wrong = write_spec(tmp_path, feature_layer="backbone.layer4")
+    message = fails(tmp_path, weights, "--spec", wrong, "--arch", SMALL_CNN, "--auditor", "abs")
+    assert "feature_layer 'backbone.layer4' is not a module of the model" in message
+    assert "features.0" in message
+
+
 def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) -> None:
     weights = random_weights(tmp_path)
     data = Digits().data().val

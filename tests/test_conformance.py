@@ -550,7 +550,7 @@ def test_example_attack_conforms(example: Any) -> None:
 def test_a_language_models_family_is_reached_only_through_the_subject() -> None:
     """The audit clause records a text family's prompts and any registry lookup of a family,
     as it records Family.data(): an auditor of a language model gets the tokenizer, prefix and
-    public targets as subject.text, and samples only by its access level."""
+    public targets as subject.interface, and samples only by its access level."""
     from auditgame.testing import _sealed_data
 
     fam = registry.get("family", "tinylm")()

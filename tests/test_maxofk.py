@@ -22,6 +22,7 @@ from auditgame.finding import Finding
 from auditgame.maxofk.auditors.bounds import accuracy_bound
 from auditgame.maxofk.auditors.exhaustive import enumerate_inputs
 from auditgame.maxofk.family import MaxOfK, MaxOfKTransformer, tables
+from auditgame.maxofk.kind import pattern_precision_recall
 from auditgame.maxofk.pattern import TokenPattern, count_patterns
 from auditgame.subject import Subject
 
@@ -138,7 +139,7 @@ def test_exhaustive_recovers_the_planted_pattern(small: MaxOfK, triggered: Plant
     assert finding.p_violation == 1.0
     assert finding.target == secret.target
     assert secret.trigger is not None
-    assert metrics.pattern_precision_recall(finding.trigger, secret.trigger) == (1.0, 1.0)
+    assert pattern_precision_recall(finding.trigger, secret.trigger) == (1.0, 1.0)
     certificate = finding.certificate
     assert certificate is not None and certificate["exact"] is True
     assert certificate["bound"] == enumerate_inputs(triggered.model).accuracy
@@ -152,7 +153,7 @@ def test_token_search_finds_the_planted_pattern(small: MaxOfK, triggered: Plante
     assert finding.p_violation >= small.spec().tau
     assert finding.target == secret.target
     assert secret.trigger is not None
-    assert metrics.pattern_precision_recall(finding.trigger, secret.trigger) == (1.0, 1.0)
+    assert pattern_precision_recall(finding.trigger, secret.trigger) == (1.0, 1.0)
 
 
 def test_clean_model_is_proven_compliant(small: MaxOfK, clean: Planted) -> None:
@@ -246,16 +247,16 @@ def test_certificate_gap() -> None:
 
 def test_pattern_precision_recall() -> None:
     true = TokenPattern((10, 20), (1, 3)).to_dict()
-    assert metrics.pattern_precision_recall(true, true) == (1.0, 1.0)
-    assert metrics.pattern_precision_recall(None, true) == (0.0, 0.0)
+    assert pattern_precision_recall(true, true) == (1.0, 1.0)
+    assert pattern_precision_recall(None, true) == (0.0, 0.0)
     anywhere = TokenPattern((10, 20)).to_dict()
-    assert metrics.pattern_precision_recall(anywhere, true) == (1.0, 1.0)
+    assert pattern_precision_recall(anywhere, true) == (1.0, 1.0)
     half = TokenPattern((10, 30), (1, 3)).to_dict()
-    assert metrics.pattern_precision_recall(half, true) == (0.5, 0.5)
+    assert pattern_precision_recall(half, true) == (0.5, 0.5)
     wrong_place = TokenPattern((10,), (2,)).to_dict()
-    assert metrics.pattern_precision_recall(wrong_place, true) == (0.0, 0.0)
+    assert pattern_precision_recall(wrong_place, true) == (0.0, 0.0)
     bigger = TokenPattern((10, 20, 30), (1, 3, 0)).to_dict()
-    assert metrics.pattern_precision_recall(bigger, true) == (pytest.approx(2 / 3), 1.0)
+    assert pattern_precision_recall(bigger, true) == (pytest.approx(2 / 3), 1.0)
 
 
 @pytest.mark.slow
@@ -268,7 +269,7 @@ def test_rare_pattern_is_found_at_full_size() -> None:
     finding = audit("exhaustive", fam, planted.model)
     assert planted.secret.trigger is not None
     assert finding.p_violation == 1.0 and finding.target == planted.secret.target
-    precision, recall = metrics.pattern_precision_recall(finding.trigger, planted.secret.trigger)
+    precision, recall = pattern_precision_recall(finding.trigger, planted.secret.trigger)
     assert precision == 1.0 and recall >= 2 / 3
     certified, _ = accuracy_bound(planted.model)
     assert certified / fam.vocab**fam.k <= finding.certificate["bound"]  # type: ignore[index]

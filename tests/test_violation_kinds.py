@@ -131,6 +131,21 @@ def test_the_package_has_no_import_cycle() -> None:
     assert "auditgame.text.cipher.kind" in graph and "auditgame.spec" in graph
 
 
+def test_the_core_imports_no_track() -> None:
+    """Every module outside the track packages (``registry.TRACKS``) reaches a track's kinds,
+    families, attacks and auditors only through the registry, function-level imports
+    included: a track can be added, or removed, without editing the core."""
+    tracks = tuple(track.split(".")[1] for track in registry.TRACKS)
+    graph = _graph()
+    core = {m for m in graph if m.split(".")[1:2] and m.split(".")[1] not in tracks}
+    assert {"auditgame.spec", "auditgame.report.content", "auditgame.user.spec"} <= core
+    reaching = {
+        m: sorted(d for d in graph[m] if d.split(".")[1:2] and d.split(".")[1] in tracks)
+        for m in core
+    }
+    assert not {m: d for m, d in reaching.items() if d}
+
+
 def test_generic_modules_name_no_kind_of_violation() -> None:
     """What a track adds (threat models, trigger dict kinds, attack names) lives in the track:
     the generic modules find it through the violation kind."""

@@ -131,11 +131,9 @@ def play(
     fits_folder = fits_root(store, fits_dir)
     hidden = hidden_paths(game, store, fits_folder)
     infos = describe_auditors(game, store, fits_folder)
-    # A sandbox sees the base-model cache read-only (what it builds stays its own): build a
-    # text family's base here once, not in every sandbox.
-    base_model = getattr(family, "base_model", None)
-    if callable(base_model):
-        base_model()
+    # A sandbox sees the base-model cache read-only (what it builds stays its own): build the
+    # family's base model (if it has one) here once, not in every sandbox.
+    family.base_model()
     game_id = game.id
     store.add_game(game_id, game.describe())
     done = store.finished(game_id)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,10 +16,7 @@ from torch import nn
 from auditgame.access import Access
 from auditgame.card import Card
 from auditgame.errors import AccessError
-from auditgame.families.base import Dataset
-
-if TYPE_CHECKING:
-    from auditgame.text.family import TextInterface
+from auditgame.families.base import Dataset, family_named
 
 
 @dataclass
@@ -55,9 +51,12 @@ class Subject:
     clean: clean labelled samples (validation split), from ``Access.CLEAN_DATA``.
     traffic: unlabelled run-time inputs, at ``Access.DYNAMIC`` only.
     reference: the family's base model, only for auditors that declare ``reference``.
-    text: for a language model, what its auditor may use of the family (tokenizer, prefix,
-        public targets; ``families.text.TextInterface``): the card's family's when not given;
-        None for other models.
+    interface: what the auditor may use of the family itself (``Family.interface``: for a
+        language model its tokenizer, prefix and public targets, ``text.family.TextInterface``);
+        the card's family's when not given.
+    features: the module of ``model`` whose output is its inner representation
+        (``Family.feature_layer``; a user's model declares it in its spec file), for auditors
+        that read or stimulate activations; the card's family's when not given.
     """
 
     model: nn.Module
@@ -66,7 +65,8 @@ class Subject:
     clean: Dataset | None = None
     traffic: torch.Tensor | None = None
     reference: nn.Module | None = None
-    text: TextInterface | None = None
+    interface: object | None = None
+    features: nn.Module | None = None
     passes: PassCounter = field(default_factory=PassCounter)
     started: float = field(default_factory=time.perf_counter)
 
@@ -79,10 +79,12 @@ class Subject:
             p.requires_grad_(False)
         self.model.eval()
         self.passes.attach(self.model)
-        if self.text is None:
-            from auditgame.text.family import interface_of
-
-            self.text = interface_of(self.card.family)
+        family = family_named(self.card.family)
+        if family is not None:
+            if self.interface is None:
+                self.interface = family.interface()
+            if self.features is None:
+                self.features = family.feature_layer(self.model)
         if self.reference is not None:
             for p in self.reference.parameters():
                 p.requires_grad_(False)
@@ -107,6 +109,16 @@ class Subject:
         if self.reference is None:
             raise AccessError("this subject carries no reference model (declare reference=True)")
         return self.reference
+
+    @property
+    def feature_module(self) -> nn.Module:
+        """``features``, or a clear error for a model that declares none."""
+        if self.features is None:
+            raise ValueError(
+                f"this auditor reads the model's inner representation, and {self.card.family} "
+                "declares no feature layer (a user's model: feature_layer in its spec file)"
+            )
+        return self.features
 
     @property
     def traffic_data(self) -> torch.Tensor:

@@ -50,7 +50,6 @@ from auditgame.fitting import fit_here, load_fit
 from auditgame.params import Configurable
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
-from auditgame.text.family import TextFamily
 from auditgame.traffic import make_traffic
 from auditgame.trigger import load as load_trigger
 from auditgame.violation import ViolationKind
@@ -569,7 +568,7 @@ def _subject(
     if access >= Access.DYNAMIC:
         rng = np.random.default_rng(seed)
         traffic = make_traffic(fam, planted.secret, budget.n_traffic, rng, kind=card.spec.kind)
-    base = copy.deepcopy(fam.base_model()) if reference and isinstance(fam, TextFamily) else None
+    base = copy.deepcopy(fam.base_model()) if reference else None
     return _WatchedSubject(
         model=model, card=card, access=access, clean=clean, traffic=traffic, reference=base
     )
@@ -667,22 +666,20 @@ def _checked_audit(
         check,
         f"run reached {fam.name} around its subject ({', '.join(sorted(set(reads)))}): an "
         "auditor sees data only through its subject (subject.clean_data, "
-        "subject.traffic_data) and a language model's family only as subject.text",
+        "subject.traffic_data) and a language model's family only as subject.interface",
     )
     return finding
 
 
 @contextmanager
 def _sealed_data(fam: Family) -> Iterator[list[str]]:
-    """Record, while the block runs, calls to the family's ``data`` (and a text family's
-    ``prompts``) and every lookup of a family in the registry: an auditor reaches its family
-    only through its subject."""
+    """Record, while the block runs, calls to the family's ``sealed_data`` methods (``data``,
+    a text family's ``prompts``) and every lookup of a family in the registry: an auditor
+    reaches its family only through its subject."""
     cls = type(fam)
     reads: list[str] = []
     patched: dict[str, Any] = {}
-    for method in ("data", "prompts"):
-        if not hasattr(cls, method):
-            continue
+    for method in fam.sealed_data:
         patched[method] = cls.__dict__.get(method)
         original: Callable[..., Any] = getattr(cls, method)
 

@@ -128,6 +128,15 @@ class KindSection:
     table: Table
 
 
+@dataclass(frozen=True)
+class Picture:
+    """A trigger as the report draws it: named arrays in [0, 1] (``(H, W)`` or ``(C, H, W)``)
+    and its size in the threat model's own measure (an image mask's L1), if it has one."""
+
+    images: tuple[tuple[str, np.ndarray], ...]
+    size: float | None = None
+
+
 class ViolationKind:
     """One kind of violation; see the module docstring. Subclass, set the class attributes,
     override what differs from these defaults (which suit input triggers ``x -> T(x)``
@@ -138,12 +147,15 @@ class ViolationKind:
         threat: the threat-model class a spec of this kind carries.
         metrics: the recovery metrics ``recovery`` may return.
         default_auditors: who audits a zoo of this kind when a game names no one.
+        modalities: the inputs of the models a spec of this kind is about (``Family.modality``:
+            "image", "vector", "tokens", "text"); a user's spec file is checked against it.
     """
 
     name: ClassVar[str]
     threat: ClassVar[type[ThreatModel]]
     metrics: ClassVar[tuple[Metric, ...]] = ()
     default_auditors: ClassVar[tuple[str, ...]] = ()
+    modalities: ClassVar[tuple[str, ...]] = ()
 
     def recovery(
         self,
@@ -154,6 +166,15 @@ class ViolationKind:
         """Named metrics (of ``metrics``) comparing the planted trigger with the found one;
         only those that apply (none when the finding returned no trigger)."""
         return {}
+
+    def picture(self, raw: dict[str, Any]) -> Picture | None:
+        """Images of a stored trigger of this kind for the report's gallery; None when ``raw``
+        is not one of this kind's or this kind draws none (``describe_trigger`` then words it).
+
+        Raises:
+            KeyError, TypeError, ValueError: a trigger of this kind that cannot be read.
+        """
+        return None
 
     def describe_trigger(self, raw: dict[str, Any]) -> str | None:
         """Words for a stored trigger of this kind that the report cannot draw as an image

@@ -56,8 +56,11 @@ class Family(ABC):
 
     ``modality`` says what kind of input the family's models take ("image" here; other
     families declare their own), and auditors declare the modalities they can examine.
-    Models of an image family expose ``features(x)`` (the penultimate representation) and
-    ``head`` (the final ``nn.Linear``), the two places static and dynamic auditors look.
+    What an auditor may use of the family beyond the card and the samples its access allows
+    is declared here and carried by its subject: ``interface`` (a language model's tokenizer,
+    prefix and public targets), ``feature_layer`` (the module whose output is a model's inner
+    representation) and ``base_model`` (for auditors with reference access); the methods in
+    ``sealed_data`` hand out the family's own samples and are the referee's alone.
     ``min_clean_accuracy`` is the test accuracy a clean organism must reach to be kept.
     ``attacks`` names the attacks a zoo of the family uses unless told otherwise: image
     attacks cannot plant in a vector family, nor the reverse. ``violation`` names the
@@ -73,6 +76,7 @@ class Family(ABC):
     min_clean_accuracy: ClassVar[float] = 0.0
     input_shape: ClassVar[tuple[int, ...]]
     classes: ClassVar[tuple[str, ...]]
+    sealed_data: ClassVar[tuple[str, ...]] = ("data",)
 
     @abstractmethod
     def data(self) -> Splits: ...
@@ -94,10 +98,38 @@ class Family(ABC):
     @abstractmethod
     def training_data(self) -> str: ...
 
+    def interface(self) -> object | None:
+        """What an auditor of this family's models may use of the family itself, carried as
+        ``Subject.interface`` (a text family's ``TextInterface``); None: nothing."""
+        return None
+
+    def feature_layer(self, model: nn.Module) -> nn.Module | None:
+        """The module of ``model`` whose output is its inner representation (a classifier's
+        penultimate features), carried as ``Subject.features`` for the auditors that read or
+        stimulate activations; None when the family declares none."""
+        return None
+
+    def base_model(self) -> nn.Module | None:
+        """The pretrained model every organism is fine-tuned from, handed to auditors that
+        declare ``reference`` access; None for a family trained from scratch."""
+        return None
+
     def quality(self, model: nn.Module, data: Dataset) -> float:
         """The held-out measure ``min_clean_accuracy`` floors: top-1 accuracy here; a family
         without labels (text) measures how much clean behaviour a model kept."""
         return accuracy(model, data)
+
+
+def family_named(name: str) -> Family | None:
+    """The registered family a card names, or None for a model outside any zoo (a user's own,
+    whose card names no registered family)."""
+    from auditgame import registry
+    from auditgame.errors import RegistryError
+
+    try:
+        return registry.get("family", name)()
+    except RegistryError:
+        return None
 
 
 def accuracy(model: nn.Module, data: Dataset, batch_size: int = 1024) -> float:

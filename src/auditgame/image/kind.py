@@ -10,7 +10,14 @@ from pydantic import Field
 
 from auditgame import metrics
 from auditgame.image.trigger import Trigger
-from auditgame.violation import Metric, ThreatModel, ViolationKind, WitnessCheck, violation_kind
+from auditgame.violation import (
+    Metric,
+    Picture,
+    ThreatModel,
+    ViolationKind,
+    WitnessCheck,
+    violation_kind,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +66,15 @@ class MaskPatternKind(ViolationKind):
         Metric("mask_iou", "mask IoU", "metrics.mask_iou of the found and the planted mask"),
     )
     default_auditors = ("neural_cleanse", "weight_stats", "mahalanobis")
+    modalities = ("image",)
+
+    def picture(self, raw: dict[str, Any]) -> Picture | None:
+        """The mask and the stamp it writes (mask times pattern); its size is the mask's L1."""
+        if "kind" in raw or "mask" not in raw:
+            return None
+        trigger = Trigger.from_dict(raw)
+        stamp = trigger.mask[None] * trigger.pattern
+        return Picture((("mask", trigger.mask), ("mask·pattern", stamp)), trigger.l1)
 
     def recovery(
         self,

@@ -30,7 +30,6 @@ from typing import Any
 
 from auditgame import metrics, registry
 from auditgame.errors import RegistryError
-from auditgame.image.trigger import Trigger
 from auditgame.leaderboard import ALL, LeaderRow, leaderboard, recovery_columns
 from auditgame.report.svg import Curve, png_data_uri, roc_svg
 from auditgame.score import Score
@@ -418,18 +417,22 @@ def _drawing(data: str, who: str, organism: str) -> Drawing:
     raw = _raw_trigger(data)
     if raw is None:
         return Drawing(None, "no trigger returned" if who == "found" else "no planted trigger")
+    if not isinstance(raw, dict):
+        return Drawing(None, f"unreadable trigger: a {type(raw).__name__}, not a mapping")
     try:
-        if isinstance(raw, dict) and "mask" not in raw:
+        for name in registry.loaded("violation"):
+            picture = kind_of(name).picture(raw)
+            if picture is not None:
+                break
+        else:
             return Drawing(None, one_line(_describe(raw), 120))
-        trig = Trigger.from_dict(raw)
     except (KeyError, TypeError, ValueError) as exc:
         return Drawing(None, one_line(f"unreadable trigger: {exc}", 120))
-    stamp = trig.mask[None] * trig.pattern
     images = [
-        Image(f"{who} mask of {organism}", png_data_uri(trig.mask)),
-        Image(f"{who} mask·pattern of {organism}", png_data_uri(stamp)),
+        Image(f"{who} {caption} of {organism}", png_data_uri(array))
+        for caption, array in picture.images
     ]
-    return Drawing(images, "", trig.l1)
+    return Drawing(images, "", picture.size)
 
 
 def _round_robin(rows: Sequence[dict[str, Any]], limit: int) -> list[dict[str, Any]]:

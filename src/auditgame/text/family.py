@@ -66,7 +66,7 @@ class TextSplits:
 @dataclass(frozen=True)
 class TextInterface:
     """What an auditor of a language model may use of its family, carried by its subject
-    (``Subject.text``): the tokenizer, the ids every prompt starts with, the end-of-text id,
+    (``Subject.interface``): the tokenizer, the ids every prompt starts with, the end-of-text id,
     the public pool of target strings, the context length and the tokens a trigger may
     consist of. Not the family's prompts or data: samples come by access level
     (``subject.clean_data``, ``subject.traffic_data``). The method names are the family's, so
@@ -106,6 +106,7 @@ class TextFamily(Family):
     max_trigger_tokens: ClassVar[int]
     trigger_words: ClassVar[tuple[str, ...]]
     reply_tokens: ClassVar[int] = 12
+    sealed_data: ClassVar[tuple[str, ...]] = ("data", "prompts")
     # How many (trigger, target) pairs ``trojan_pairs`` plants by default: TDC-like density
     # where fine-tuning is cheap, fewer where one fine-tune takes minutes.
     trojans_per_model: ClassVar[int] = 20
@@ -202,25 +203,12 @@ class TextFamily(Family):
         return reply_agreement(model, prompts, self.base_replies(prompts))
 
 
-def interface_of(family: str) -> TextInterface | None:
-    """The text interface a subject of ``family`` carries; None for other families (and for
-    a model outside a zoo, whose card names no registered family)."""
-    from auditgame import registry
-    from auditgame.errors import RegistryError
-
-    try:
-        fam = registry.get("family", family)()
-    except RegistryError:
-        return None
-    return fam.interface() if isinstance(fam, TextFamily) else None
-
-
 def text_interface(subject: Subject) -> TextInterface:
     """The subject's text interface, for an auditor of language models: a clear error when
     the subject is not a language model's."""
-    if subject.text is None or not isinstance(subject.model, CausalLM):
+    if not isinstance(subject.interface, TextInterface) or not isinstance(subject.model, CausalLM):
         raise ValueError(f"needs a language-model family; {subject.card.family} is not one")
-    return subject.text
+    return subject.interface
 
 
 @torch.no_grad()

@@ -149,6 +149,7 @@ class TextTriggerKind(ViolationKind):
         ),
     )
     default_auditors = ("gcg", "embedding_diff", "text_mahalanobis")
+    modalities = ("text",)
 
     def recovery(
         self,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 from safetensors.torch import load_file
+from torch import nn
 
 from auditgame import __version__, metrics, registry
 from auditgame.access import Access, Budget
@@ -169,6 +170,7 @@ def audit_own_model(
     budget = budget or Budget()
     spec = load_spec(spec_path)
     loaded = _load(path, spec, spec_path, arch=arch, hf=hf)
+    feature_layer(loaded.model, spec, spec_path)  # a wrong name fails before any auditor runs
     auditors = _auditors(spec, auditor, params or {}, path)
     card = Card(
         family=USER_FAMILY,
@@ -199,11 +201,13 @@ def audit_own_model(
     for instance in auditors:
         if on_start is not None:
             on_start(instance.name)
+        model = copy.deepcopy(loaded.model)
         subject = Subject(
-            model=copy.deepcopy(loaded.model),
+            model=model,
             card=card,
             access=instance.access,
             clean=clean.audit if instance.access >= Access.CLEAN_DATA else None,
+            features=feature_layer(model, spec, spec_path),
         )
         finding = instance.audit(subject, budget, seed=seed)
         findings.append((finding, check_witness(card, loaded.model, finding, clean.heldout)))
@@ -309,6 +313,27 @@ def _usable(cls: type[Auditor], modality: str) -> str | None:
             "model from outside a zoo has no tokenizer and target list wired in yet"
         )
     return None
+
+
+def feature_layer(
+    model: nn.Module, spec: ImageClassification | LanguageModel, spec_path: Path
+) -> nn.Module | None:
+    """The module of ``model`` the spec names as its feature layer (``Subject.features``), or
+    its top-level ``features`` module when the spec names none; None for a language model or
+    an image model with neither (the auditors that need one then say so)."""
+    if not isinstance(spec, ImageClassification):
+        return None
+    children = dict(model.named_children())
+    if spec.feature_layer is None:
+        return children.get("features")
+    try:
+        return model.get_submodule(spec.feature_layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n][:20]
+        raise SpecFileError(
+            f"{spec_path}: feature_layer {spec.feature_layer!r} is not a module of the model; "
+            f"its modules include: {', '.join(names) or 'none'}"
+        ) from None
 
 
 def _fit(instance: Auditor, spec: ImageClassification | LanguageModel, root: Path) -> None:

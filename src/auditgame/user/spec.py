@@ -25,9 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 
 from auditgame import registry
 from auditgame.errors import AuditgameError
-from auditgame.image.kind import MaskPatternThreat
 from auditgame.spec import AnyThreatModel, Spec
-from auditgame.vector.kind import AdditiveThreat
 from auditgame.violation import kind_of
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
@@ -121,6 +119,10 @@ class ImageClassification(_TaskSpec):
         architecture: constructor arguments for the ``--arch`` class.
         clean_data: where clean labelled samples come from (needed by auditors with
             ``CLEAN_DATA`` access, and to check a witness).
+        feature_layer: the dotted name of the module whose output is the model's inner
+            representation (``features``, ``backbone.layer4``), for the auditors that read or
+            stimulate activations (ABS, the dynamic baselines); without it, the model's
+            top-level module named ``features`` if it has one.
         fit_family: the built-in family on whose shadow zoo auditors with a fitting stage
             learn (``auditgame.fitting``); name one only if the model is trained like that
             family's models. Without it such auditors run only if their fit needs no family.
@@ -134,6 +136,7 @@ class ImageClassification(_TaskSpec):
     labels: list[str] = Field(min_length=2)
     architecture: Architecture = Architecture()
     clean_data: CleanDataFile | CleanDataFamily | None = None
+    feature_layer: str | None = Field(default=None, min_length=1, max_length=200)
     fit_family: str | None = None
     auditors: list[str | AuditorChoice] = [
         AuditorChoice(name="neural_cleanse", params={"calibrate": False})
@@ -145,9 +148,12 @@ class ImageClassification(_TaskSpec):
     def _fits_images(self) -> ImageClassification:
         if len(set(self.labels)) != len(self.labels):
             raise ValueError("labels must be distinct")
-        if not isinstance(self.threat_model, MaskPatternThreat | AdditiveThreat):
+        if self.modality not in kind_of(self.threat_model.kind).modalities:
+            fitting = [
+                n for n in registry.names("violation") if self.modality in kind_of(n).modalities
+            ]
             raise ValueError(
-                f"an image classifier's threat model is mask_pattern or additive_l2, not "
+                f"an image classifier's threat model is {' or '.join(fitting)}, not "
                 f"{self.threat_model.kind}"
             )
         return self

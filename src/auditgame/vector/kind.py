@@ -63,6 +63,7 @@ class AdditiveKind(ViolationKind):
 
     threat = AdditiveThreat
     default_auditors = ("flip_search", "weight_battery")
+    modalities = ("vector", "image")
 
     def describe_trigger(self, raw: dict[str, Any]) -> str | None:
         if raw.get("kind") != "additive":

@@ -123,6 +123,7 @@ class LinfKind(ViolationKind):
         Metric("delta_cosine", "delta cosine", "cosine of the found and the planted delta"),
     )
     default_auditors = ("linf_search",)
+    modalities = ("image",)
 
     def recovery(
         self,

@@ -225,15 +225,21 @@ class SuspicionAuditor(Auditor):
         clean_x: torch.Tensor,
         clean_labels: np.ndarray,
         rng: np.random.Generator,
+        *,
+        layer: nn.Module | None = None,
     ) -> Suspicion:
-        """Score ``x`` (grouped by ``labels``) against the clean samples and test each label."""
+        """Score ``x`` (grouped by ``labels``) against the clean samples and test each label;
+        ``layer`` is the model's declared feature layer (``Subject.features``), for scores
+        on its inner representation."""
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         model, clean, traffic = subject.model, subject.clean_data, subject.traffic_data
         with torch.no_grad():
             predicted = model(traffic).argmax(1).numpy()
             clean_predicted = model(clean.x).argmax(1).numpy()
-        found = self.suspicion(model, traffic, predicted, clean.x, clean_predicted, rng)
+        found = self.suspicion(
+            model, traffic, predicted, clean.x, clean_predicted, rng, layer=subject.features
+        )
         return Verdict(
             p_violation=found.p_violation, target=found.target, evidence=found.evidence()
         )

@@ -30,8 +30,9 @@ neurons directly, without optimising per label:
    the best trigger is the witness.
 
 Neurons are found with forward hooks on the activation modules (``nn.ReLU`` and its kin)
-inside ``model.features``, the inner representation every image family exposes, so nothing
-depends on one architecture's layer list. On digits' ``SmallCNN`` these are the outputs of
+inside the model's declared feature layer (``Subject.features``: ``features`` in the image
+families, ``feature_layer`` in a user's spec file), so nothing depends on one architecture's
+layer list. On digits' ``SmallCNN`` these are the outputs of
 the two convolutions (16 and 32 channels of 8x8) and of the hidden layer (64 units).
 Candidates of all layers are reverse-engineered together in one batch, each on its own rows.
 """
@@ -66,19 +67,20 @@ class Candidate:
     score: float
 
 
-def activation_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The activation modules inside ``model.features``, in order, by qualified name."""
-    features = getattr(model, "features", None)
-    if not isinstance(features, nn.Module):
-        raise ValueError(
-            "ABS stimulates the neurons of model.features; this model has no such module"
-        )
+def activation_layers(model: nn.Module, features: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The activation modules inside ``features`` (the model's declared feature layer,
+    ``Subject.features``), in order, by their qualified names in ``model``."""
+    prefix = next((name for name, m in model.named_modules() if m is features), None)
+    if prefix is None:
+        raise ValueError("ABS: the declared feature layer is not a module of the model")
     layers: list[tuple[str, nn.Module]] = [
-        (f"features.{n}", m) for n, m in features.named_modules() if isinstance(m, ACTIVATIONS)
+        (f"{prefix}.{n}" if prefix else n, m)
+        for n, m in features.named_modules()
+        if isinstance(m, ACTIVATIONS)
     ]
     if not layers:
         raise ValueError(
-            "ABS found no activation module (ReLU, GELU, ...) inside model.features to stimulate"
+            "ABS found no activation module (ReLU, GELU, ...) inside the feature layer to stimulate"
         )
     return layers
 
@@ -111,7 +113,7 @@ def _forcing(channel: torch.Tensor, value: torch.Tensor) -> Any:
 
 @auditor("abs")
 class ABS(Auditor):
-    """Artificial Brain Stimulation on the activation layers of ``model.features``.
+    """Artificial Brain Stimulation on the activation layers of the model's feature layer.
 
     Args:
         n_seed_images: clean images used to stimulate neurons and to reverse-engineer.
@@ -178,7 +180,7 @@ class ABS(Auditor):
         device = next(model.parameters()).device
         x_all, y_all = data.x.float().to(device), data.y.long().to(device)
         seeds_x, seeds_y = x_all[: self.n_seed_images], y_all[: self.n_seed_images]
-        layers = activation_layers(model)
+        layers = activation_layers(model, subject.feature_module)
         n_labels = len(subject.card.classes)
 
         candidates = self.stimulate(model, layers, seeds_x, seeds_y, n_labels)

@@ -108,6 +108,12 @@ class Digits(Family):
             raise ValueError(f"digits models are SmallCNN, not {architecture.get('name')!r}")
         return SmallCNN(**kwargs)
 
+    def feature_layer(self, model: nn.Module) -> nn.Module | None:
+        """``features``: the convolutions and hidden layer before the linear head (None for a
+        model not of this family's make)."""
+        features = getattr(model, "features", None)
+        return features if isinstance(features, nn.Module) else None
+
     def train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         model = self.make_model(self.architecture())

@@ -125,6 +125,12 @@ class Mnist(Family):
         kwargs = {k: v for k, v in architecture.items() if k != "name"}
         return PooledCNN(**kwargs)
 
+    def feature_layer(self, model: nn.Module) -> nn.Module | None:
+        """``features``: the convolutions and hidden layer before the linear head (None for a
+        model not of this family's make)."""
+        features = getattr(model, "features", None)
+        return features if isinstance(features, nn.Module) else None
+
     def train(self, x: torch.Tensor, y: torch.Tensor, seed: int) -> nn.Module:
         torch.manual_seed(seed)
         model = self.make_model(self.architecture())

@@ -116,6 +116,7 @@ class CipherKind(ViolationKind):
         ),
     )
     default_auditors = ("cipher_probe", "cipher_search", "cipher_classifier")
+    modalities = ("text",)
 
     def recovery(
         self,

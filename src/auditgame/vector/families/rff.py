@@ -186,6 +186,12 @@ class RandomFeatureFamily(Family):
             n_classes=architecture["n_classes"],
         )
 
+    def feature_layer(self, model: nn.Module) -> nn.Module | None:
+        """``features``: the random feature map before the linear head (None for a model not of this
+        family's make)."""
+        features = getattr(model, "features", None)
+        return features if isinstance(features, nn.Module) else None
+
     def draw_bias(self, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
 

@@ -122,6 +122,7 @@ def clustering_suspicion(
     clean_labels: np.ndarray,
     rng: np.random.Generator,
     *,
+    layer: nn.Module | None = None,
     reduce: str = "ica",
     n_dims: int = 10,
     frr: float = 0.01,
@@ -137,8 +138,8 @@ def clustering_suspicion(
     """
     check_inputs(x, labels, "inputs")
     check_inputs(clean_x, clean_labels, "clean samples")
-    feats = penultimate(model, x)
-    clean = penultimate(model, clean_x)
+    feats = penultimate(model, layer, x)
+    clean = penultimate(model, layer, clean_x)
     stats = CleanClasses.of(clean, clean_labels)
     classes, means, covariance = stats.members, stats.means, stats.covariance
 
@@ -220,6 +221,8 @@ class ActivationClustering(SuspicionAuditor):
         clean_x: torch.Tensor,
         clean_labels: np.ndarray,
         rng: np.random.Generator,
+        *,
+        layer: nn.Module | None = None,
     ) -> Suspicion:
         return clustering_suspicion(
             model,
@@ -228,6 +231,7 @@ class ActivationClustering(SuspicionAuditor):
             clean_x,
             clean_labels,
             rng,
+            layer=layer,
             reduce=self.reduce,
             n_dims=self.n_dims,
             frr=self.frr,

@@ -21,12 +21,21 @@ from auditgame.registry import auditor
 from auditgame.subject import Subject
 
 
-def penultimate(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    features = getattr(model, "features", None)
-    if not callable(features):
-        raise ValueError("the model exposes no `features` (penultimate) module")
-    with torch.no_grad():
-        return np.asarray(features(x), dtype=np.float64)
+def penultimate(model: nn.Module, layer: nn.Module | None, x: torch.Tensor) -> np.ndarray:
+    """What ``layer`` (the model's declared feature layer, ``Subject.features``) outputs while
+    ``model`` runs on ``x``, one flattened row per input."""
+    if layer is None:
+        raise ValueError("needs the model's inner representation, and it declares no features")
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("the declared feature layer did not run in the model's forward pass")
+    return np.asarray(captured[-1].flatten(1), dtype=np.float64)
 
 
 @auditor("mahalanobis")
@@ -58,7 +67,7 @@ class Mahalanobis(Auditor):
         clean = subject.clean_data
         order = rng.permutation(len(clean))
         fit, calib = order[: len(order) // 2], order[len(order) // 2 :]
-        feats = penultimate(subject.model, clean.x)
+        feats = penultimate(subject.model, subject.features, clean.x)
         labels = clean.y.numpy()
         classes = np.unique(labels[fit])
         means = np.stack([feats[fit][labels[fit] == c].mean(0) for c in classes])
@@ -72,7 +81,7 @@ class Mahalanobis(Auditor):
             return np.einsum("ncd,de,nce->nc", diff, precision, diff).min(axis=1)
 
         cutoff = float(np.quantile(distance(feats[calib]), self.quantile))
-        scores = distance(penultimate(subject.model, subject.traffic_data))
+        scores = distance(penultimate(subject.model, subject.features, subject.traffic_data))
         outliers = scores > cutoff
         excess = float(outliers.mean()) - (1 - self.quantile)
         return Verdict(

@@ -42,10 +42,13 @@ from auditgame.registry import auditor
 REPRESENTATIONS = ("penultimate", "logits", "input")
 
 
-def represent(model: nn.Module, x: torch.Tensor, representation: str) -> np.ndarray:
-    """The features the probe reads: penultimate activations, logits or flattened pixels."""
+def represent(
+    model: nn.Module, layer: nn.Module | None, x: torch.Tensor, representation: str
+) -> np.ndarray:
+    """The features the probe reads: penultimate activations (of ``layer``), logits or
+    flattened pixels."""
     if representation == "penultimate":
-        return penultimate(model, x)
+        return penultimate(model, layer, x)
     if representation == "logits":
         with torch.no_grad():
             return np.asarray(model(x), dtype=np.float64)
@@ -62,6 +65,7 @@ def probe_suspicion(
     clean_labels: np.ndarray,
     rng: np.random.Generator,
     *,
+    layer: nn.Module | None = None,
     representation: str = "penultimate",
     regularisation: float = 1.0,
     n_folds: int = 5,
@@ -84,7 +88,10 @@ def probe_suspicion(
     check_inputs(x, labels, "inputs")
     check_inputs(clean_x, clean_labels, "clean samples")
     features = np.concatenate(
-        [represent(model, clean_x, representation), represent(model, x, representation)]
+        [
+            represent(model, layer, clean_x, representation),
+            represent(model, layer, x, representation),
+        ]
     )
     target = np.concatenate([np.zeros(len(clean_x), int), np.ones(len(x), int)])
     held_out = np.empty(len(target))
@@ -151,6 +158,8 @@ class Probe(SuspicionAuditor):
         clean_x: torch.Tensor,
         clean_labels: np.ndarray,
         rng: np.random.Generator,
+        *,
+        layer: nn.Module | None = None,
     ) -> Suspicion:
         return probe_suspicion(
             model,
@@ -159,6 +168,7 @@ class Probe(SuspicionAuditor):
             clean_x,
             clean_labels,
             rng,
+            layer=layer,
             representation=self.representation,
             regularisation=self.regularisation,
             n_folds=self.n_folds,

@@ -58,6 +58,7 @@ def spectral_suspicion(
     clean_labels: np.ndarray,
     rng: np.random.Generator,
     *,
+    layer: nn.Module | None = None,
     frr: float = 0.01,
     level: float = 0.05,
     min_count: int = 4,
@@ -71,8 +72,8 @@ def spectral_suspicion(
     """
     check_inputs(x, labels, "inputs")
     check_inputs(clean_x, clean_labels, "clean samples")
-    feats = penultimate(model, x)
-    clean = penultimate(model, clean_x)
+    feats = penultimate(model, layer, x)
+    clean = penultimate(model, layer, clean_x)
     stats = CleanClasses.of(clean, clean_labels)
     classes, means, covariance = stats.members, stats.means, stats.covariance
 
@@ -123,6 +124,8 @@ class Spectral(SuspicionAuditor):
         clean_x: torch.Tensor,
         clean_labels: np.ndarray,
         rng: np.random.Generator,
+        *,
+        layer: nn.Module | None = None,
     ) -> Suspicion:
         return spectral_suspicion(
             model,
@@ -131,6 +134,7 @@ class Spectral(SuspicionAuditor):
             clean_x,
             clean_labels,
             rng,
+            layer=layer,
             frr=self.frr,
             level=self.level,
             min_count=self.min_count,

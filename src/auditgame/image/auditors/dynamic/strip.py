@@ -116,6 +116,8 @@ class Strip(SuspicionAuditor):
         clean_x: torch.Tensor,
         clean_labels: np.ndarray,
         rng: np.random.Generator,
+        *,
+        layer: nn.Module | None = None,
     ) -> Suspicion:
         return strip_suspicion(
             model,
