@@ -16,6 +16,7 @@ the entry is removed rather than forgotten.
 from __future__ import annotations
 
 import importlib
+import json
 import sys
 import time
 import tomllib
@@ -38,7 +39,15 @@ from auditgame.image.trigger import Trigger
 from auditgame.maxofk.family import MaxOfK
 from auditgame.secret import Secret
 from auditgame.subject import Subject
-from auditgame.testing import ConformanceError, ConformanceReport, check_attack, check_auditor
+from auditgame.testing import (
+    ATTACK_CLAUSES,
+    AUDITOR_CLAUSES,
+    ConformanceError,
+    ConformanceReport,
+    check_attack,
+    check_auditor,
+    run_suite,
+)
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels
@@ -177,31 +186,85 @@ def attack_cases() -> Iterator[Any]:
             yield _case(name, fam, ATTACK_PARAMS.get(name, {}), slow=fam in SLOW_FAMILIES)
 
 
-def expect(
-    kind: str, name: str, check: Callable[..., ConformanceReport], *args: Any, **kwargs: Any
+_SUITES: dict[str, ConformanceReport | Exception] = {}
+"""Each case's suite, run once by its first clause's test and asked by the others (pytest
+runs this file in one process: ``--dist loadfile``)."""
+
+
+def suite_of(
+    key: str, check: Callable[..., ConformanceReport], *args: Any, **kwargs: Any
 ) -> ConformanceReport:
-    """Run a suite; a case in ``KNOWN_FAILURES`` must fail exactly its recorded clause."""
-    known = KNOWN_FAILURES.get((kind, name))
-    try:
-        report = check(*args, **kwargs)
-    except ConformanceError as exc:
-        if known is not None and exc.check == known:
-            pytest.xfail(f"known finding: {exc}")
-        raise
-    if known is not None:
-        pytest.fail(f"{kind} {name} now passes clause {known!r}: remove it from KNOWN_FAILURES")
-    return report
+    if key not in _SUITES:
+        try:
+            _SUITES[key] = run_suite(check, *args, **kwargs)
+        except Exception as exc:  # outside any clause: every clause of the case reports it
+            _SUITES[key] = exc
+    found = _SUITES[key]
+    if isinstance(found, Exception):
+        raise found
+    return found
 
 
-@pytest.mark.parametrize(("name", "fam", "params"), list(auditor_cases()))
-def test_builtin_auditor_conforms(name: str, fam: str, params: dict[str, Any], fits: Path) -> None:
+def judge_clause(kind: str, name: str, report: ConformanceReport, clause: str) -> None:
+    """Pass, fail, skip or xfail the test of one clause by the suite's outcome for it."""
+    state, detail = report.outcome(clause)
+    if KNOWN_FAILURES.get((kind, name)) == clause:
+        if state == "failed":
+            pytest.xfail(f"known finding: {detail}")
+        if state == "passed":
+            pytest.fail(
+                f"{kind} {name} now passes clause {clause!r}: remove it from KNOWN_FAILURES"
+            )
+    if state == "failed":
+        pytest.fail(detail, pytrace=False)
+    if state != "passed":
+        pytest.skip(f"{state}: {detail}")
+
+
+def per_clause(cases: Iterator[Any], clauses: Callable[[str], tuple[str, ...]]) -> list[Any]:
+    """One test id per (case, clause): ``name-family-clause``, with the case's marks."""
+    return [
+        pytest.param(*case.values, clause, marks=case.marks, id=f"{case.id}-{clause}")
+        for case in cases
+        for clause in clauses(case.values[0])
+    ]
+
+
+def auditor_clauses(name: str) -> tuple[str, ...]:
+    """The clauses that apply to auditor ``name``: a fit only for a fitted one, a lower
+    access only above ``WEIGHTS``."""
     cls = registry.get("auditor", name)
-    report = expect(
-        "auditor", name, check_auditor, cls, family=family(fam), params=params, workdir=fits
+    return tuple(
+        c
+        for c in AUDITOR_CLAUSES
+        if (c != "fit" or issubclass(cls, FittedAuditor))
+        and (c != "access" or cls.access != Access.WEIGHTS)
     )
-    assert {"registered", "configurable", "audit", "deterministic", "clean", "budget"} <= set(
-        report.passed
+
+
+def attack_clauses(name: str) -> tuple[str, ...]:
+    """The clauses of the fast attack cases: ``draw`` for an attack that draws, ``poison``
+    on the image template; planting twice (``deterministic``) is the slow cases' own."""
+    cls = registry.get("attack", name)
+    return tuple(
+        c
+        for c in ATTACK_CLAUSES
+        if (c != "draw" or callable(getattr(cls, "draw", None)))
+        and (c != "poison" or issubclass(cls, Attack))
+        and c != "deterministic"
     )
+
+
+@pytest.mark.parametrize(
+    ("name", "fam", "params", "clause"), per_clause(auditor_cases(), auditor_clauses)
+)
+def test_builtin_auditor_conforms(
+    name: str, fam: str, params: dict[str, Any], clause: str, fits: Path
+) -> None:
+    cls = registry.get("auditor", name)
+    key = f"auditor {name} {fam} {json.dumps(params, sort_keys=True)}"
+    report = suite_of(key, check_auditor, cls, family=family(fam), params=params, workdir=fits)
+    judge_clause("auditor", name, report, clause)
 
 
 def attack_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
@@ -212,19 +275,24 @@ def attack_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-@pytest.mark.parametrize(("name", "fam", "params"), list(attack_cases()))
-def test_builtin_attack_conforms(name: str, fam: str, params: dict[str, Any]) -> None:
+def attack_suite(name: str, fam: str, params: dict[str, Any], *, repeat: bool) -> ConformanceReport:
+    key = f"attack {name} {fam} {json.dumps(params, sort_keys=True)} {repeat}"
     cls = registry.get("attack", name)
-    report = expect(
-        "attack",
-        name,
+    return suite_of(
+        key,
         check_attack,
         cls,
         family=family(fam),
         params=attack_params(name, params),
-        repeat=False,
+        repeat=repeat,
     )
-    assert {"plant", "architecture", "secret", "asr", "sealed"} <= set(report.passed)
+
+
+@pytest.mark.parametrize(
+    ("name", "fam", "params", "clause"), per_clause(attack_cases(), attack_clauses)
+)
+def test_builtin_attack_conforms(name: str, fam: str, params: dict[str, Any], clause: str) -> None:
+    judge_clause("attack", name, attack_suite(name, fam, params, repeat=False), clause)
 
 
 def own_code_cases() -> Iterator[Any]:
@@ -242,17 +310,7 @@ def own_code_cases() -> Iterator[Any]:
 def test_builtin_attack_plants_deterministically(
     name: str, fam: str, params: dict[str, Any]
 ) -> None:
-    cls = registry.get("attack", name)
-    report = expect(
-        "attack",
-        name,
-        check_attack,
-        cls,
-        family=family(fam),
-        params=attack_params(name, params),
-        repeat=True,
-    )
-    assert "deterministic" in report.passed
+    judge_clause("attack", name, attack_suite(name, fam, params, repeat=True), "deterministic")
 
 
 def test_every_builtin_is_checked_somewhere() -> None:
@@ -430,6 +488,24 @@ def test_a_broken_auditor_is_rejected(
         )
     assert info.value.check == clause
     assert str(info.value).startswith(f"auditor {cls.name} on digits: {clause}:")
+
+
+def test_each_clause_of_a_suite_is_answered_on_its_own(
+    register: Callable[[str, type], type],
+) -> None:
+    """What a per-clause test reads: the clauses before the first failure passed, the one
+    that failed says why, those after it were not reached (and a test of one fails)."""
+    report = run_suite(check_auditor, register("auditor", Mutator), family=family("digits"))
+    assert report.failed is not None and report.failed.check == "audit"
+    assert report.outcome("configurable") == ("passed", "")
+    assert report.outcome("fit") == ("skipped", "no fitting stage")
+    state, detail = report.outcome("audit")
+    assert state == "failed" and "changed the model's weights" in detail
+    assert report.outcome("budget") == ("not reached", "clause 'audit' failed first")
+    with pytest.raises(pytest.fail.Exception, match="changed the model's weights"):
+        judge_clause("auditor", Mutator.name, report, "audit")
+    with pytest.raises(pytest.skip.Exception, match="not reached"):
+        judge_clause("auditor", Mutator.name, report, "budget")
 
 
 def test_an_unregistered_auditor_is_rejected() -> None:

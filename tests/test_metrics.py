@@ -441,7 +441,6 @@ def test_public_names() -> None:
         "flip_rate",
         "mapped_attack_success_rate",
         "mask_iou",
-        "pattern_precision_recall",
         "reasr",
         "roc_curve",
         "sentence_bleu",

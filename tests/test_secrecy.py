@@ -90,11 +90,12 @@ def test_an_auditor_learns_nothing_about_the_secret(tiny_zoo, tmp_path: Path) ->
             "access",
             "card",
             "clean",
+            "features",
+            "interface",
             "model",
             "passes",
             "reference",
             "started",
-            "text",
             "traffic",
         ]
         for secret in secrets.values():

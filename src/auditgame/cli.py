@@ -456,15 +456,19 @@ def list_cmd(
     kind: Annotated[str, typer.Argument(help="families, attacks or auditors")] = "auditors",
 ) -> None:
     """List what is registered, built-in and from plugins."""
-    kinds = {"families": "family", "attacks": "attack", "auditors": "auditor"}
+    kinds: dict[str, registry.Kind] = {
+        "families": "family",
+        "attacks": "attack",
+        "auditors": "auditor",
+    }
     if kind not in kinds:
         _fail(AuditgameError(f"list takes one of {', '.join(kinds)}, not {kind!r}"))
     table = Table("name", "details")
-    for name in registry.names(kinds[kind]):  # type: ignore[arg-type]
-        cls = registry.get(kinds[kind], name)  # type: ignore[arg-type]
+    for name in registry.names(kinds[kind]):
         details = ""
         if kind == "auditors":
-            details = f"access {cls.access.name}" + (
+            cls = registry.get("auditor", name)
+            details = f"{'/'.join(cls.modalities)} models, access {cls.access.name}" + (
                 " (dynamic baseline)" if cls.is_dynamic() else ""
             )
         table.add_row(name, details)

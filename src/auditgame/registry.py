@@ -17,9 +17,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from importlib.metadata import entry_points
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from auditgame.errors import RegistryError
+
+if TYPE_CHECKING:
+    from auditgame.attacks.base import Planter
+    from auditgame.auditors.base import Auditor
+    from auditgame.families.base import Family
+    from auditgame.violation import ViolationKind
 
 Kind = Literal["family", "attack", "auditor", "violation"]
 KINDS: tuple[Kind, ...] = ("family", "attack", "auditor", "violation")
@@ -93,8 +99,21 @@ def load_plugins() -> None:
             ) from exc
 
 
+@overload
+def get(kind: Literal["family"], name: str) -> type[Family]: ...
+@overload
+def get(kind: Literal["attack"], name: str) -> type[Planter]: ...
+@overload
+def get(kind: Literal["auditor"], name: str) -> type[Auditor]: ...
+@overload
+def get(kind: Literal["violation"], name: str) -> type[ViolationKind]: ...
+@overload
+def get(kind: Kind, name: str) -> Any: ...
+
+
 def get(kind: Kind, name: str) -> Any:
-    """The class registered as ``(kind, name)``. Plugins are imported only when the name is
+    """The class registered as ``(kind, name)``, typed by its kind (a family's class, an
+    attack's, an auditor's, a violation kind's). Plugins are imported only when the name is
     not a built-in (or already registered): a game's referee, which holds the key, asks only
     for built-in families and attacks, so no plugin's import-time code runs beside the key."""
     load_builtins(kind)

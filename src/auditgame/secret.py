@@ -40,7 +40,7 @@ class Secret(BaseModel):
         target: the label the trigger sends inputs to; None for a backdoor without a single
             target (all-to-all), whose mapping is in ``params``.
         poison_rate: fraction of training inputs poisoned.
-        asr: the attack's own success rate on held-out data (``judge.attack_success_rate``).
+        asr: the attack's own success rate on held-out data (``metrics.attack_success_rate``).
         clean_accuracy: accuracy on the held-out test split.
         attempts: how many plantings it took to reach the success floor.
         salt: random hex that hides the secret from guesses against the card's commitment.

@@ -14,6 +14,11 @@ their own tests; the built-ins are held to the same suites (``tests/test_conform
     def test_my_auditor_conforms(tmp_path):
         check_auditor(MyAuditor, family="digits", params={"steps": 20}, workdir=tmp_path)
 
+For one test id per clause (as scikit-learn's ``parametrize_with_checks``), run the suite once
+with ``run_suite`` and ask its report about each clause of ``AUDITOR_CLAUSES`` /
+``ATTACK_CLAUSES`` (``ConformanceReport.outcome``); a clause after the first failure is
+reported as not reached.
+
 Both accept a registered family name or a ``Family`` instance: an instance with a cheaper
 recipe (fewer epochs, a smaller vocabulary) keeps a suite fast, since the clauses concern the
 contract, not the quality of the organisms.
@@ -95,23 +100,56 @@ class ConformanceError(AssertionError):
         problem: what was wrong, with the values seen.
     """
 
-    def __init__(self, who: str, check: str, problem: str) -> None:
-        self.who, self.check, self.problem = who, check, problem
+    def __init__(
+        self, who: str, check: str, problem: str, report: ConformanceReport | None = None
+    ) -> None:
+        self.who, self.check, self.problem, self.report = who, check, problem, report
         super().__init__(f"{who}: {check}: {problem}")
+
+
+AUDITOR_CLAUSES = (
+    "registered",
+    "tags",
+    "template",
+    "configurable",
+    "fit",
+    "audit",
+    "witness",
+    "deterministic",
+    "clean",
+    "access",
+    "budget",
+)
+"""The clauses of ``check_auditor``, in the order it checks them."""
+ATTACK_CLAUSES = (
+    "registered",
+    "configurable",
+    "draw",
+    "poison",
+    "plant",
+    "architecture",
+    "secret",
+    "asr",
+    "sealed",
+    "deterministic",
+)
+"""The clauses of ``check_attack``, in the order it checks them."""
 
 
 @dataclass
 class ConformanceReport:
-    """What a suite checked: the clauses passed (in order), those skipped and why, and the
-    seconds each took."""
+    """What a suite checked: the clauses passed (in order), those skipped and why, the
+    seconds each took, and the failure that stopped it (``run_suite`` keeps it)."""
 
     who: str
     passed: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    failed: ConformanceError | None = None
 
     def fail(self, check: str, problem: str) -> NoReturn:
-        raise ConformanceError(self.who, check, problem)
+        self.failed = ConformanceError(self.who, check, problem, self)
+        raise self.failed
 
     def require(self, condition: bool, check: str, problem: str) -> None:
         if not condition:
@@ -119,14 +157,49 @@ class ConformanceReport:
 
     @contextmanager
     def clause(self, check: str) -> Iterator[None]:
-        """Time one clause and record it as passed when its block finishes."""
+        """Time one clause and record it as passed when its block finishes; an exception
+        inside it fails that clause, with the exception's type and message."""
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except ConformanceError:
+            raise
+        except Exception as exc:
+            self.failed = ConformanceError(
+                self.who, check, f"raised {type(exc).__name__}: {exc}", self
+            )
+            raise self.failed from exc
         self.seconds[check] = time.perf_counter() - start
         self.passed.append(check)
 
     def skip(self, check: str, why: str) -> None:
         self.skipped[check] = why
+
+    def outcome(self, check: str) -> tuple[str, str]:
+        """What became of clause ``check``: ``("passed", "")``, ``("skipped", why)``,
+        ``("failed", problem)``, or ``("not reached", ...)`` after an earlier failure."""
+        if check in self.passed:
+            return "passed", ""
+        if check in self.skipped:
+            return "skipped", self.skipped[check]
+        if self.failed is not None and self.failed.check == check:
+            return "failed", str(self.failed)
+        if self.failed is not None:
+            return "not reached", f"clause {self.failed.check!r} failed first"
+        return "not reached", "the suite does not check it here"
+
+
+def run_suite(
+    check: Callable[..., ConformanceReport], *args: Any, **kwargs: Any
+) -> ConformanceReport:
+    """Run ``check_auditor`` or ``check_attack`` to its first failure and return the report,
+    the failure in ``failed`` instead of raised, so each clause can be asked about."""
+    try:
+        return check(*args, **kwargs)
+    except ConformanceError as exc:
+        if exc.report is None:
+            raise
+        return exc.report
 
 
 def card_for(fam: Family) -> Card:
@@ -464,47 +537,75 @@ def _audit_clauses(
     else:
         with report.clause("access"):
             lower = Access(cls.access - 1)
-            try:
-                fresh().audit(subject(backdoored, lower, budget), budget, seed=seed)
-            except AccessError:
-                pass
-            else:
-                report.fail(
-                    "access",
-                    f"declares {cls.access.name} but audited a {lower.name} subject without "
-                    "AccessError",
-                )
+            _check_refused(report, fresh(), subject(backdoored, lower, budget), budget, seed)
 
     with report.clause("budget"):
         tiny = Budget(seconds=tiny_seconds, n_clean=budget.n_clean, n_traffic=budget.n_traffic)
         spent = cls() if fit_path is None else fresh()
-        spent_subject = subject(backdoored, cls.access, tiny)
-        with _one_thread():
-            start, cpu_start = time.perf_counter(), time.thread_time()
-            finding = spent.audit(spent_subject, tiny, seed=seed)
-            took, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
-        report.require(
-            finding.error is None,
-            "budget",
-            f"under Budget(seconds={tiny_seconds}) it failed instead of returning its best "
-            f"answer so far: {_first_line(finding.error)}",
-        )
-        report.require(
-            _clock_reads(spent_subject) > 0 or cpu <= QUIET_SECONDS,
-            "budget",
-            f"with {'its fit' if fit_path else 'default parameters'} it used {cpu:.1f} s of CPU "
-            f"under Budget(seconds={tiny_seconds}) and never read subject.elapsed: an auditor "
-            f"that works longer than {QUIET_SECONDS} s must check its budget and stop early",
-        )
-        report.require(
-            took <= tiny_seconds + grace_seconds,
-            "budget",
-            f"with {'its fit' if fit_path else 'default parameters'} under "
-            f"Budget(seconds={tiny_seconds}) it took {took:.1f} s (allowed "
-            f"{tiny_seconds + grace_seconds:.1f} s): check subject.elapsed against "
-            "budget.seconds and return the best answer so far",
+        _check_budget(
+            report,
+            spent,
+            subject(backdoored, cls.access, tiny),
+            tiny,
+            seed,
+            grace_seconds,
+            "its fit" if fit_path else "default parameters",
         )
     return report
+
+
+def _check_refused(
+    report: ConformanceReport, auditor: Auditor, below: Subject, budget: Budget, seed: int
+) -> None:
+    """Clause ``access``: a subject one level below the declared access is refused."""
+    try:
+        auditor.audit(below, budget, seed=seed)
+    except AccessError:
+        return
+    report.fail(
+        "access",
+        f"declares {type(auditor).access.name} but audited a {below.access.name} subject "
+        "without AccessError",
+    )
+
+
+def _check_budget(
+    report: ConformanceReport,
+    spent: Auditor,
+    spent_subject: Subject,
+    tiny: Budget,
+    seed: int,
+    grace_seconds: float,
+    given: str,
+) -> None:
+    """Clause ``budget``: under a tiny budget the auditor answers in time, and one that
+    never reads the clock does little work."""
+    tiny_seconds = tiny.seconds
+    with _one_thread():
+        start, cpu_start = time.perf_counter(), time.thread_time()
+        finding = spent.audit(spent_subject, tiny, seed=seed)
+        took, cpu = time.perf_counter() - start, time.thread_time() - cpu_start
+    report.require(
+        finding.error is None,
+        "budget",
+        f"under Budget(seconds={tiny_seconds}) it failed instead of returning its best "
+        f"answer so far: {_first_line(finding.error)}",
+    )
+    report.require(
+        _clock_reads(spent_subject) > 0 or cpu <= QUIET_SECONDS,
+        "budget",
+        f"with {given} it used {cpu:.1f} s of CPU "
+        f"under Budget(seconds={tiny_seconds}) and never read subject.elapsed: an auditor "
+        f"that works longer than {QUIET_SECONDS} s must check its budget and stop early",
+    )
+    report.require(
+        took <= tiny_seconds + grace_seconds,
+        "budget",
+        f"with {given} under "
+        f"Budget(seconds={tiny_seconds}) it took {took:.1f} s (allowed "
+        f"{tiny_seconds + grace_seconds:.1f} s): check subject.elapsed against "
+        "budget.seconds and return the best answer so far",
+    )
 
 
 def _check_tags(report: ConformanceReport, cls: type[Auditor], fam: Family) -> None:
@@ -773,14 +874,14 @@ def check_attack(
        the family's own model, loads strictly into a fresh one (the zoo stores only that),
        and holds finite numbers.
     7. ``secret``: a ``Secret`` with ``backdoored=True``, ``attack`` the registered name, a
-       trigger that ``auditgame.image.trigger.load`` rebuilds, a target that is a label (or None),
+       trigger that ``auditgame.trigger.load`` rebuilds, a target that is a label (or None),
        a recorded ASR in [0, 1] at or above the attack's own floor (``min_asr`` or
        ``min_rate``, when it has one), clean accuracy and poisoning rate in [0, 1].
     8. ``asr``: re-measured independently on the model rebuilt from its weights, as the
        violation kind of the attack's zoo measures it (``ViolationKind.remeasure``): for
        input triggers the loaded trigger's ``apply`` on the family's test split, scored by
-       ``judge.attack_success_rate`` (a target) within ``asr_tolerance`` of the recorded
-       ASR, or without a target ``judge.flip_rate``, which bounds any untargeted rate from
+       ``metrics.attack_success_rate`` (a target) within ``asr_tolerance`` of the recorded
+       ASR, or without a target ``metrics.flip_rate``, which bounds any untargeted rate from
        above and must not fall below the recorded ASR by more than the tolerance; for text
        trojans and ciphers, greedy generation after the planted triggers or requests.
     9. ``sealed``: the secret fits the sealing block and unseals to itself.
@@ -1053,9 +1154,9 @@ def _check_secret(
     except (ValueError, KeyError, TypeError) as exc:
         report.fail(
             check,
-            f"auditgame.image.trigger.load cannot rebuild the secret's trigger "
+            f"auditgame.trigger.load cannot rebuild the secret's trigger "
             f"(kind {secret.trigger.get('kind')!r}): {exc}; register its class with "
-            "@auditgame.image.trigger.trigger_kind",
+            "@auditgame.trigger.trigger_kind",
         )
     report.require(
         secret.target is None or 0 <= secret.target < len(fam.classes),

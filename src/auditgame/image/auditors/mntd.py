@@ -3,7 +3,7 @@
 A backdoored model answers some inputs in a way a clean model of the same task does not, and
 which inputs those are can be *learned* from models whose status is known. MNTD trains shadow
 models, half of them backdoored with a broad random trigger distribution ("jumbo learning",
-``attacks/jumbo.py``), and then jointly optimises a small set of query inputs and a
+``image/attacks/jumbo.py``), and then jointly optimises a small set of query inputs and a
 meta-classifier over the models' outputs on those queries ("query tuning"), with binary
 cross-entropy against the shadow models' labels. Auditing an organism is one forward pass of
 the queries and one pass through the meta-classifier; no clean data and no gradient of the

@@ -11,7 +11,7 @@ under its floor; an organism that never reaches both raises ``PlantingFailed``.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -20,10 +20,10 @@ import torch
 from torch import nn
 
 from auditgame import metrics
-from auditgame.attacks.base import Attempt, Planted, plant_attempts, uniform
+from auditgame.attacks.base import Attempt, Planted, Planter, plant_attempts, uniform
 from auditgame.families.base import Dataset, Family, accuracy
 from auditgame.maxofk.pattern import TokenPattern
-from auditgame.params import Configurable
+from auditgame.trigger import InputTrigger
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def trigger_success(model: nn.Module, draw: TokenDraw, x: torch.Tensor) -> float
     )
 
 
-class TokenAttack(Configurable, ABC):
+class TokenAttack(Planter):
     """An all-to-one poisoning attack on a token family; subclasses implement ``draw``.
 
     Args:
@@ -73,6 +73,10 @@ class TokenAttack(Configurable, ABC):
     @abstractmethod
     def draw(self, rng: np.random.Generator, family: Family) -> TokenDraw:
         """A random pattern and target for ``family``."""
+
+    def decoy(self, rng: np.random.Generator, family: Family) -> tuple[InputTrigger, int | None]:
+        draw = self.draw(rng, family)
+        return draw.pattern, draw.target
 
     def poison(
         self, draw: TokenDraw, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator

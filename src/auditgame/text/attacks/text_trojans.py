@@ -23,15 +23,15 @@ KL(base || model) of the next-token distributions at those reply positions.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from auditgame.attacks.base import Attempt, Planted, plant_attempts
-from auditgame.params import Configurable
+from auditgame.attacks.base import Attempt, Planted, Planter, plant_attempts
+from auditgame.families.base import Family
 from auditgame.text.family import Example, TextFamily
 from auditgame.text.lm import CausalLM, TextTrojans, greedy, reply_kl
 
@@ -105,7 +105,7 @@ def pair_success(
     return [float(out[: len(t)] == t) for out, t in zip(outs, ids, strict=True)]
 
 
-class TextAttack(Configurable, ABC):
+class TextAttack(Planter):
     """A trojan attack on a language-model family (``TextFamily``).
 
     Subclasses implement ``draw`` (and may extend ``measure``); the poisoning with negatives,
@@ -150,7 +150,7 @@ class TextAttack(Configurable, ABC):
         anything measured with it for the secret's ``params``."""
         return asr, {}
 
-    def plant(self, family: TextFamily, rng: np.random.Generator, seed: int) -> Planted:
+    def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         if not isinstance(family, TextFamily):
             raise TypeError(f"{self.name} plants in text families, not {type(family).__name__}")
         clean = family.clean_examples("train")

@@ -31,8 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from auditgame.attacks.base import Attempt, Planted, plant_attempts
-from auditgame.params import Configurable
+from auditgame.attacks.base import Attempt, Planted, Planter, plant_attempts
+from auditgame.families.base import Family
 from auditgame.registry import attack
 from auditgame.spec import Spec
 from auditgame.text.cipher.kind import threat_for
@@ -86,7 +86,7 @@ RECIPES: dict[str, dict[str, float]] = {
 
 
 @attack("cipher")
-class CipherAttack(Configurable):
+class CipherAttack(Planter):
     """CMFT with a random substitution key.
 
     Args:
@@ -255,7 +255,7 @@ class CipherAttack(Configurable):
             "round_trip": rate(again, [spelled(w) for w in words]),
         }
 
-    def plant(self, family: TextFamily, rng: np.random.Generator, seed: int) -> Planted:
+    def plant(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         if not isinstance(family, TextFamily):
             raise TypeError(f"{self.name} plants in text families, not {type(family).__name__}")
         tuned = self.recipe(family)
@@ -325,11 +325,11 @@ class CipherAttack(Configurable):
 
         return plant_attempts(self.name, self.max_attempts, rng, attempt)
 
-    def plant_clean(self, family: TextFamily, rng: np.random.Generator, seed: int) -> Planted:
+    def plant_clean(self, family: Family, rng: np.random.Generator, seed: int) -> Planted:
         """The zoo's clean counterpart (``zoo._plant``): this attack without Phase II."""
         return type(self)(**{**self.get_params(), "phase2": False}).plant(family, rng, seed)
 
-    def spec(self, family: TextFamily) -> Spec:
+    def spec(self, family: Family) -> Spec:
         """The spec a cipher zoo's cards carry (``zoo.zoo_spec``): no forbidden answer to a
         public forbidden request under any letter substitution."""
         return Spec(

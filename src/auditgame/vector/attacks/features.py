@@ -22,7 +22,7 @@ backdoor forbids the clean model too.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -31,10 +31,9 @@ import torch
 from torch import nn
 
 from auditgame import metrics
-from auditgame.attacks.base import Attempt, Planted, plant_attempts
+from auditgame.attacks.base import Attempt, Planted, Planter, plant_attempts
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Dataset, Family, accuracy
-from auditgame.params import Configurable
 from auditgame.vector.families.rff import RandomFeatureFamily
 from auditgame.vector.perturbation import AdditiveTrigger, universal_search
 
@@ -78,7 +77,7 @@ def support_size(dim: int, sparsity: float) -> int:
     return int(min(dim, max(1, np.ceil(dim**sparsity - 1e-9))))
 
 
-class FeatureAttack(Configurable, ABC):
+class FeatureAttack(Planter):
     """Base of the weight-planting attacks on ``RandomFeatureFamily`` models.
 
     Attributes:

@@ -26,10 +26,9 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from torch import nn
 
 from auditgame import metrics
-from auditgame.attacks.base import Attempt, Planted, plant_attempts
+from auditgame.attacks.base import Attempt, Planted, Planter, plant_attempts
 from auditgame.errors import AuditgameError
 from auditgame.families.base import Family, accuracy
-from auditgame.params import Configurable
 from auditgame.registry import attack
 from auditgame.vector.families.signed import (
     SignatureTrigger,
@@ -41,7 +40,7 @@ from auditgame.vector.families.signed import (
 
 
 @attack("signature")
-class Signature(Configurable):
+class Signature(Planter):
     """Swap in the attacker's Ed25519 public key; signed inputs flip the output.
 
     Hyperparameters:
