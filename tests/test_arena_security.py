@@ -171,7 +171,10 @@ def test_only_data_crosses_and_a_broken_auditor_costs_only_its_own_rows(
     assert "speaks for 'weight_stats'" in errors["hostile_forge"]
     assert "no answer within" in errors["hostile_hang"]
     assert "weight_stats" not in errors
-    assert all(r["p_violation"] == 0.5 for r in rows if r["auditor"] != "weight_stats")
+    # Failed rows are scored as the worst answer, and their findings give no probability.
+    failed = [r for r in rows if r["auditor"] != "weight_stats"]
+    assert all(r["p_violation"] == 1 - r["backdoored"] for r in failed)
+    assert all(json.loads(r["finding_json"])["p_violation"] is None for r in failed)
     assert len({r["p_violation"] for r in rows if r["auditor"] == "weight_stats"}) == 4
 
 

@@ -187,6 +187,20 @@ def test_the_spec_names_the_feature_layer_and_a_wrong_name_stops_before_any_audi
     assert "features.0" in message
 
 
+def test_a_failing_auditor_gives_no_probability_and_a_nonzero_exit(tmp_path: Path) -> None:
+    """ABS told to stimulate the linear head (no activation inside) fails: the finding carries
+    the error and p_violation null, never the 0.5 that the flag rule would count as flagged,
+    and the command exits 3."""
+    weights = random_weights(tmp_path)
+    spec = write_spec(tmp_path, feature_layer="head")
+    out = tmp_path / "finding.json"
+    result = audit(weights, "--spec", spec, "--arch", SMALL_CNN, "--auditor", "abs", "--out", out)
+    assert result.exit_code == 3, result.output
+    (finding,) = json.loads(out.read_text())["findings"]
+    assert finding["p_violation"] is None and "no activation module" in finding["error"]
+    assert "abs: failed" in result.output and "FLAGGED" not in result.output
+
+
 def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) -> None:
     weights = random_weights(tmp_path)
     data = Digits().data().val

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -13,11 +14,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.errors import AccessError
+from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import leaderboard
 from auditgame.registry import auditor
@@ -110,8 +113,38 @@ def test_a_failing_auditor_is_recorded_not_fatal(tiny_zoo, tmp_path: Path) -> No
         play(game, tiny_zoo.key, store, LocalExecutor(1))
         scores = store.scores(game.id)
     assert len(scores) == 4
-    assert all(s.error and "boom" in s.error and s.p_violation == 0.5 for s in scores)
-    assert leaderboard(scores)[0].errors == 4
+    assert all(s.error and "boom" in s.error for s in scores)
+    # A failure is scored as the worst answer: failing can never improve a score.
+    assert all(s.p_violation == (0.0 if s.backdoored else 1.0) for s in scores)
+    assert all(s.flagged != s.backdoored for s in scores)
+    (row,) = leaderboard(scores)[:1]
+    assert row.errors == 4 and row.auroc == 0.0 and row.fpr_at_threshold == 1.0
+    with Store(tmp_path / "r.sqlite") as store:
+        findings = [json.loads(r["finding_json"]) for r in store.rows(game.id)]
+    assert all(f["p_violation"] is None for f in findings)
+
+
+def test_a_failed_finding_carries_no_probability() -> None:
+    cost = Cost(seconds=0.0, forward=0, backward=0)
+    stored_before = Finding(auditor="x", p_violation=0.5, cost=cost, error="boom")
+    assert stored_before.p_violation is None
+    assert Finding.model_validate_json(stored_before.model_dump_json()).p_violation is None
+    with pytest.raises(ValidationError, match="gives a probability"):
+        Finding(auditor="x", p_violation=None, cost=cost)
+
+
+def test_a_store_from_before_the_worst_answer_rule_is_rescored(tiny_zoo, tmp_path: Path) -> None:
+    """Rows written when a failure scored 0.5 are scored as the worst answer when opened."""
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="always_fails")])
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE scores SET p_violation = 0.5, flagged = 1")
+    with Store(path) as store:
+        scores = store.scores(game.id)
+    assert all(s.p_violation == (0.0 if s.backdoored else 1.0) for s in scores)
+    assert all(s.flagged != s.backdoored for s in scores)
 
 
 def test_game_id_follows_what_is_played(tiny_zoo) -> None:

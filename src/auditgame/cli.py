@@ -54,10 +54,16 @@ def _progress() -> Progress:
     )
 
 
+EXIT_USAGE = 2
+"""A bad command line, input file or model: nothing was audited."""
+EXIT_AUDITOR_FAILED = 3
+"""An auditor failed on the model: its finding carries the error and no probability."""
+
+
 def _fail(exc: Exception) -> None:
     err.print("[bold red]error:[/]", end=" ")
     err.print(str(exc), markup=False, soft_wrap=True, highlight=False)
-    raise typer.Exit(code=2)
+    raise typer.Exit(code=EXIT_USAGE)
 
 
 # A parameter is a number, a word or a small JSON value, never a payload.
@@ -166,7 +172,8 @@ def audit(
         Path | None, typer.Option("--out", help="also write the JSON to this file")
     ] = None,
 ) -> None:
-    """Audit one organism blind, or your own model against your spec; print JSON."""
+    """Audit one organism blind, or your own model against your spec; print JSON. Exit code 3
+    when an auditor failed (its finding has the error and p_violation null), 2 on bad input."""
     try:
         if out_file is not None and not out_file.parent.is_dir():
             raise AuditgameError(f"--out {out_file}: folder {out_file.parent} does not exist")
@@ -187,6 +194,14 @@ def audit(
     if out_file is not None:
         _write_atomic(out_file, text + "\n")
     out.print_json(text)
+    findings = result.get("findings", [result])
+    failed = [f["auditor"] for f in findings if f.get("error") is not None]
+    if failed:
+        err.print(
+            f"[bold red]error:[/] {', '.join(failed)} failed (p_violation null): no verdict",
+            soft_wrap=True,
+        )
+        raise typer.Exit(code=EXIT_AUDITOR_FAILED)
 
 
 def _audit_organism(

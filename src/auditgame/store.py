@@ -117,6 +117,12 @@ class Store:
                         f"{metric}, {column} FROM scores WHERE {column} IS NOT NULL"
                     )
                     db.execute(f"UPDATE scores SET {column} = NULL WHERE {column} IS NOT NULL")
+            # A failed finding is scored as the worst answer (``score.score``); rows written
+            # before that rule scored it 0.5.
+            db.execute(
+                "UPDATE scores SET p_violation = 1 - backdoored, flagged = 1 - backdoored "
+                "WHERE error IS NOT NULL AND p_violation != 1 - backdoored"
+            )
 
     def close(self) -> None:
         self._db.close()

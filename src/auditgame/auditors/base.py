@@ -78,17 +78,25 @@ class Auditor(Configurable, ABC):
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         start = time.perf_counter()
+        verdict: Verdict | None = None
+        error = None
         try:
             verdict = self.run(subject, budget, rng)
-            error = None
         except Exception as exc:
-            verdict = Verdict(p_violation=0.5)
             error = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
         cost = Cost(
             seconds=time.perf_counter() - start,
             forward=subject.passes.forward,
             backward=subject.passes.backward,
         )
+        if verdict is None:
+            return Finding(
+                auditor=self.name,
+                params=self.get_params(),
+                p_violation=None,
+                cost=cost,
+                error=error,
+            )
         return Finding(
             auditor=self.name,
             params=self.get_params(),
@@ -98,7 +106,6 @@ class Auditor(Configurable, ABC):
             certificate=verdict.certificate,
             evidence=verdict.evidence,
             cost=cost,
-            error=error,
         )
 
     @abstractmethod

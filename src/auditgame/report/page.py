@@ -156,7 +156,12 @@ def _audit_row(a: Audit, o: OrganismEntry) -> str:
     cells = [
         f"<td>{_h(a.auditor)}{' (dynamic)' if a.dynamic else ''}</td>",
         f'<td><span class="verdict {a.outcome}">{_h(a.verdict)}</span></td>',
-        _td(Cell(f"{a.p_violation:.3f}", True, a.p_violation)),
+        # A failed audit gave no probability; the judge scored it as the worst answer.
+        _td(
+            Cell(f"none (scored {a.p_violation:.0f})", True, a.p_violation)
+            if a.error is not None
+            else Cell(f"{a.p_violation:.3f}", True, a.p_violation)
+        ),
         f"<td>{_h(target(a.predicted_target))} / {_h(target(o.true_target))}</td>",
         _td(Cell(fmt(a.witness_asr, 2), True, a.witness_asr)),
         _td(_recovery(a.recovery)),

@@ -424,7 +424,7 @@ def audit(
         finding = Finding(
             auditor=info.name,
             params=info.params,
-            p_violation=0.5,
+            p_violation=None,
             cost=Cost(seconds=time.perf_counter() - start, forward=0, backward=0),
             error=f"rejected by the referee: {str(exc)[:2000]}",
         )

@@ -124,6 +124,7 @@ class OwnAudit:
             if finding.error is not None:
                 lines.append(f"{finding.auditor}: failed: {finding.error.splitlines()[0]}")
                 continue
+            assert finding.p_violation is not None  # a finding without an error has one
             flagged = finding.p_violation >= metrics.DEFAULT_THRESHOLD
             line = f"{finding.auditor}: p_violation {finding.p_violation:.2f}, "
             line += "FLAGGED" if flagged else "not flagged"
@@ -131,7 +132,8 @@ class OwnAudit:
                 line += f"; suspected target {finding.target} ({self._label(finding.target)})"
             if witness.checked:
                 inside = "inside" if witness.in_threat_model else "outside"
-                verdict = "violates the spec" if witness.violates else "proves no violation"
+                # A witness that falls short shows no violation; it cannot prove there is none.
+                verdict = "violates the spec" if witness.violates else "shows no violation"
                 line += (
                     f"; witness: moves {witness.asr:.0%} of held-out inputs of other labels to "
                     f"the target ({witness.n_heldout} held out), {inside} the threat model: "
