@@ -201,6 +201,24 @@ def test_a_failing_auditor_gives_no_probability_and_a_nonzero_exit(tmp_path: Pat
     assert "abs: failed" in result.output and "FLAGGED" not in result.output
 
 
+def test_a_calibrated_auditor_without_fit_family_runs_its_rule_without_a_fit(
+    tmp_path: Path,
+) -> None:
+    """``--auditor neural_cleanse`` with its defaults (calibrated) on a model of no family: it
+    runs the paper's rule, and says so and how to calibrate it."""
+    weights = random_weights(tmp_path)
+    spec = write_spec(tmp_path)
+    args = ["--spec", spec, "--arch", SMALL_CNN, "--auditor", "neural_cleanse"]
+    result = audit(weights, *args, "--param", "steps=20")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    (finding,) = report["findings"]
+    assert finding["error"] is None and finding["params"]["calibrate"] is False
+    (note,) = report["notes"]
+    assert "no fit_family in the spec, so its rule without a fit (calibrate=false)" in note
+    assert "fit_family: NAME" in " ".join(result.output.split())
+
+
 def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) -> None:
     weights = random_weights(tmp_path)
     data = Digits().data().val
@@ -479,7 +497,8 @@ def test_clean_data_of_a_family_with_another_task(tmp_path: Path) -> None:
         (["--auditor", "token_search"], {}, "examines tokens models, not image classifiers"),
         (["--auditor", "nope"], {}, "unknown auditor 'nope'"),
         (["--param", "bogus=1"], {"auditors": UNCALIBRATED}, "bad parameters"),
-        (["--auditor", "neural_cleanse"], {}, "fit_family: NAME"),
+        (["--auditor", "neural_cleanse", "--param", "calibrate=true"], {}, "fit_family: NAME"),
+        (["--auditor", "mntd"], {}, "fit_family: NAME in the spec"),
         (["--auditor", "neural_cleanse"], {"fit_family": "nope"}, "fit_family: unknown family"),
         ([], {"clean_data": None}, "neural_cleanse needs clean samples"),
     ],

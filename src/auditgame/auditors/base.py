@@ -115,9 +115,14 @@ class Auditor(Configurable, ABC):
 
 class FittedAuditor(Auditor):
     """An auditor with a fitting stage (see ``auditgame.fitting``); ``run`` may rely on
-    ``self.fitted``."""
+    ``self.fitted``.
+
+    ``without_fit`` names the parameters under which it needs no fit (its paper's fixed
+    rule), or None when it has no rule without one: a model outside a zoo whose spec names no
+    ``fit_family`` is audited under them."""
 
     fitted: dict[str, torch.Tensor] | None = None
+    without_fit: ClassVar[dict[str, Any] | None] = None
 
     @abstractmethod
     def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:

@@ -18,9 +18,10 @@ user's model belongs to no family: it is fitted on the family the spec names as
 from __future__ import annotations
 
 import copy
+import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +95,14 @@ class CleanSplit:
 
 @dataclass(frozen=True)
 class OwnAudit:
-    """What ``audit_own_model`` found: the card it built and one checked finding per auditor."""
+    """What ``audit_own_model`` found: the card it built, one checked finding per auditor, and
+    notes on how the auditors were run (a calibrated auditor run by its rule without a fit)."""
 
     path: Path
     card: Card
     clean: CleanSplit
     findings: list[tuple[Finding, WitnessCheck]]
+    notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,11 +118,13 @@ class OwnAudit:
                 {**finding.model_dump(mode="json"), "witness": witness.model_dump()}
                 for finding, witness in self.findings
             ],
+            "notes": self.notes,
         }
 
     def summary(self) -> list[str]:
-        """One line per auditor, for people: verdict, target and what the witness showed."""
-        lines = []
+        """The notes, then one line per auditor, for people: verdict, target and what the
+        witness showed."""
+        lines = list(self.notes)
         for finding, witness in self.findings:
             if finding.error is not None:
                 lines.append(f"{finding.auditor}: failed: {finding.error.splitlines()[0]}")
@@ -173,7 +178,7 @@ def audit_own_model(
     spec = load_spec(spec_path)
     loaded = _load(path, spec, spec_path, arch=arch, hf=hf)
     feature_layer(loaded.model, spec, spec_path)  # a wrong name fails before any auditor runs
-    auditors = _auditors(spec, auditor, params or {}, path)
+    chosen = _auditors(spec, auditor, params or {}, path)
     card = Card(
         family=USER_FAMILY,
         architecture=loaded.architecture,
@@ -190,15 +195,15 @@ def audit_own_model(
         if isinstance(spec, ImageClassification)
         else CleanSplit(None, None, "none")
     )
-    for instance in auditors:
+    for instance, _ in chosen:
         if instance.access >= Access.CLEAN_DATA and clean.audit is None:
             raise SpecFileError(
                 f"{spec_path}: {instance.name} needs clean samples (access CLEAN_DATA); "
                 "add clean_data: {path: clean.safetensors} (tensors x and y) or "
                 "clean_data: {family: NAME} to the spec"
             )
-    for instance in auditors:
-        _fit(instance, spec, fit_root)
+    notes: list[str] = []
+    auditors = [_fit(instance, set(given), spec, fit_root, notes) for instance, given in chosen]
     findings = []
     for instance in auditors:
         if on_start is not None:
@@ -213,7 +218,7 @@ def audit_own_model(
         )
         finding = instance.audit(subject, budget, seed=seed)
         findings.append((finding, check_witness(card, loaded.model, finding, clean.heldout)))
-    return OwnAudit(path, card, clean, findings)
+    return OwnAudit(path, card, clean, findings, notes)
 
 
 def _load(
@@ -256,8 +261,9 @@ def _auditors(
     name: str | None,
     params: dict[str, Any],
     path: Path,
-) -> list[Auditor]:
-    """Instantiate the chosen auditors, refusing those that cannot take a user's model."""
+) -> list[tuple[Auditor, dict[str, Any]]]:
+    """Instantiate the chosen auditors, refusing those that cannot take a user's model; each
+    with the parameters the user gave it."""
     if name is not None:
         choices = [AuditorChoice(name=name, params=params)]
     else:
@@ -285,7 +291,7 @@ def _auditors(
         if problem is not None:
             raise AuditgameError(f"{choice.name} {problem}")
         try:
-            auditors.append(cls(**choice.params))
+            auditors.append((cls(**choice.params), choice.params))
         except (TypeError, ValueError) as exc:
             raise AuditgameError(
                 f"{choice.name}: bad parameters {choice.params}: {exc}; its parameters: "
@@ -338,26 +344,50 @@ def feature_layer(
         ) from None
 
 
-def _fit(instance: Auditor, spec: ImageClassification | LanguageModel, root: Path) -> None:
-    """Give an auditor with a fitting stage its fit: on ``fit_family`` when the spec names
-    one, else a fit for no family (``"user"``), which only a fit that needs none survives."""
+def _fit(
+    instance: Auditor,
+    given: set[str],
+    spec: ImageClassification | LanguageModel,
+    root: Path,
+    notes: list[str],
+) -> Auditor:
+    """The auditor ready to audit: with its fit on ``fit_family`` when the spec names one,
+    else with a fit for no family (``"user"``), which only a fit that needs none survives;
+    failing that, rebuilt under its ``without_fit`` parameters (said in ``notes``) unless the
+    user gave any of them (``given``), or an error that says how to name ``fit_family``."""
     if not isinstance(instance, FittedAuditor):
-        return
+        return instance
     if isinstance(spec, ImageClassification) and spec.fit_family is not None:
         _matching_family(spec, spec.fit_family, "fit_family")
         fit_here(instance, spec.fit_family, root)
-        return
+        return instance
     with tempfile.TemporaryDirectory() as work:
         try:
-            fitted = instance.fit(USER_FAMILY, Path(work))
-        except RegistryError as exc:
-            raise AuditgameError(
-                f"{instance.name} learns on a built-in family's shadow zoo before it audits, "
-                "and a model outside a zoo belongs to no family: name a family your model is "
-                "trained like with fit_family: NAME in the spec, or switch the fitting off if "
-                "the auditor allows it (neural_cleanse: calibrate=false)"
-            ) from exc
-    instance.load_fitted(fitted)
+            instance.load_fitted(instance.fit(USER_FAMILY, Path(work)))
+            return instance
+        except RegistryError:
+            pass
+    cls = type(instance)
+    fallback = cls.without_fit
+    name_it = (
+        "name a family your model is trained like (same inputs, labels and recipe) with "
+        "fit_family: NAME in the spec"
+    )
+    if fallback is None or given & set(fallback):
+        raise AuditgameError(
+            f"{instance.name} learns on a built-in family's shadow zoo before it audits: "
+            + name_it
+            + ("" if fallback is None else f", or run it with {_words(fallback)}")
+        )
+    notes.append(
+        f"{instance.name}: no fit_family in the spec, so its rule without a fit "
+        f"({_words(fallback)}); to calibrate it, {name_it}"
+    )
+    return _fit(cls(**{**instance.get_params(), **fallback}), given, spec, root, notes)
+
+
+def _words(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={json.dumps(v)}" for k, v in params.items())
 
 
 def _matching_family(spec: ImageClassification, name: str, field: str) -> Family:

@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -258,6 +258,8 @@ class NeuralCleanse(FittedAuditor):
     """
 
     access = Access.CLEAN_DATA
+    # The paper's rule, which needs no reference models.
+    without_fit: ClassVar[dict[str, Any] | None] = {"calibrate": False}
 
     def __init__(
         self,
