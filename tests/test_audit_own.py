@@ -12,7 +12,7 @@ import json
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -21,9 +21,13 @@ import yaml
 from safetensors.torch import save_file
 from typer.testing import CliRunner
 
+from auditgame.access import Budget
+from auditgame.auditors.base import FittedAuditor, Verdict
 from auditgame.cli import app
 from auditgame.image.families.digits import Digits, SmallCNN
 from auditgame.organism import WEIGHTS
+from auditgame.registry import auditor
+from auditgame.subject import Subject
 from auditgame.user.model import LoadedModel
 from auditgame.user.spec import CleanDataFile, ImageClassification, json_schema, load_spec
 
@@ -217,6 +221,39 @@ def test_a_calibrated_auditor_without_fit_family_runs_its_rule_without_a_fit(
     (note,) = report["notes"]
     assert "no fit_family in the spec, so its rule without a fit (calibrate=false)" in note
     assert "fit_family: NAME" in " ".join(result.output.split())
+
+
+@auditor("counting_fit")
+class CountingFit(FittedAuditor):
+    """Fits by counting its fits: what a shadow zoo costs, without one."""
+
+    fits: ClassVar[int] = 0
+
+    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
+        CountingFit.fits += 1
+        return {"fits": torch.tensor([CountingFit.fits])}
+
+    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        return Verdict(p_violation=0.1, evidence={"fit": int(self.require_fitted()["fits"])})
+
+
+def test_fits_are_cached_per_user_and_shared_across_working_folders(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Audits run from two folders fit once, into the per-user cache."""
+    monkeypatch.setenv("AUDITGAME_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(CountingFit, "fits", 0)
+    weights = random_weights(tmp_path)
+    spec = write_spec(tmp_path, fit_family="digits")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        monkeypatch.chdir(tmp_path / folder)
+        result = audit(weights, "--spec", spec, "--arch", SMALL_CNN, "--auditor", "counting_fit")
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["findings"][0]["evidence"] == {"fit": 1}
+    assert CountingFit.fits == 1
+    assert len(list((tmp_path / "cache" / "fits" / "digits").glob("counting_fit-*.safetensors"))) == 1
+    assert not (tmp_path / "a" / "auditgame-data").exists()
 
 
 def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) -> None:

@@ -32,6 +32,16 @@ if TYPE_CHECKING:
 
 DATA_DIR = Path("auditgame-data")
 
+
+def fits_cache() -> Path:
+    """Where ``audit`` keeps auditors' fits: the per-user cache (``cache.cache_dir()``, moved
+    by ``AUDITGAME_CACHE``), so audits run from different folders share one fit instead of
+    each building a shadow zoo."""
+    from auditgame.cache import cache_dir
+
+    return cache_dir() / "fits"
+
+
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
@@ -219,7 +229,7 @@ def _audit_organism(
             "`auditgame play` prepares"
         )
     instance = cls(**params)
-    fit_here(instance, organism.card.family, DATA_DIR / "fits")
+    fit_here(instance, organism.card.family, fits_cache())
     subject = make_subject(organism, cls.access, budget, reference=cls.reference)
     finding = instance.audit(subject, budget, seed=seed)
     check = check_witness(organism, finding)
@@ -253,7 +263,7 @@ def _audit_own(
         params=params,
         budget=budget,
         seed=seed,
-        fit_root=DATA_DIR / "fits",
+        fit_root=fits_cache(),
         on_start=lambda name: err.print(f"auditing {path} with {name}"),
     )
     for line in audited.summary():
