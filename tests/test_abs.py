@@ -16,6 +16,8 @@ from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.finding import Finding
 from auditgame.image.auditors.abs import ABS, activation_layers
+from auditgame.image.kind import MaskPatternThreat
+from auditgame.image.trigger import Trigger
 from auditgame.metrics import DEFAULT_THRESHOLD
 from auditgame.run.task import check_witness, make_subject
 from auditgame.subject import Subject
@@ -114,6 +116,27 @@ def test_stimulates_the_feature_layer_a_subject_declares() -> None:
     assert [name for name, _ in activation_layers(model, model[1])] == ["1.1"]
     with pytest.raises(ValueError, match="not a module of the model"):
         activation_layers(model, nn.ReLU())
+
+
+def test_searches_within_the_specs_bound_and_returns_a_witness_inside_it(tiny_zoo) -> None:
+    """Under a spec tighter than ABS's own bound (4 pixels, as a user's spec for a 4-pixel
+    patch may say), the search stays within it and the witness is one the spec can accept."""
+    (oid,) = tiny_zoo.by_role("badnets")[:1]
+    organism = tiny_zoo.zoo.organism(oid)
+    card = organism.card
+    tight = card.model_copy(
+        update={
+            "spec": card.spec.model_copy(update={"threat_model": MaskPatternThreat(max_mask_l1=4)})
+        }
+    )
+    subject = make_subject(organism, Access.CLEAN_DATA, BUDGET)
+    subject = Subject(
+        model=subject.model, card=tight, access=Access.CLEAN_DATA, clean=subject.clean
+    )
+    finding = ABS(steps=10, top_neurons=3).audit(subject, BUDGET)
+    assert finding.error is None and finding.trigger is not None
+    assert tight.spec.threat_model.contains(Trigger.from_dict(finding.trigger))
+    assert max(finding.evidence["trigger_l1"]) <= 4
 
 
 def test_stops_at_the_budget_with_a_finding(tiny_zoo) -> None:

@@ -252,7 +252,9 @@ def test_fits_are_cached_per_user_and_shared_across_working_folders(
         assert result.exit_code == 0, result.output
         assert json.loads(result.stdout)["findings"][0]["evidence"] == {"fit": 1}
     assert CountingFit.fits == 1
-    assert len(list((tmp_path / "cache" / "fits" / "digits").glob("counting_fit-*.safetensors"))) == 1
+    assert (
+        len(list((tmp_path / "cache" / "fits" / "digits").glob("counting_fit-*.safetensors"))) == 1
+    )
     assert not (tmp_path / "a" / "auditgame-data").exists()
 
 

@@ -71,3 +71,19 @@ def test_a_trigger_outside_the_threat_model_proves_nothing(tiny_zoo) -> None:
 def test_spec_threshold_is_validated() -> None:
     with pytest.raises(ValueError):
         Spec(behaviour="x", threat_model=MaskPatternThreat(max_mask_l1=1), tau=1.5)
+
+
+def test_a_mask_above_the_bound_is_projected_to_it() -> None:
+    """``project`` brings a soft mask to the bound (the capped-simplex projection: one shift
+    down for every pixel, clipped at 0), and leaves a mask inside the bound as it is."""
+    mask = np.full((8, 8), 0.04)
+    mask[2:4, 2:4] = 0.98
+    trigger = Trigger(mask, np.ones((1, 8, 8)))
+    threat = MaskPatternThreat(max_mask_l1=4)
+    assert trigger.l1 > 4 and not threat.contains(trigger)
+    inside = threat.project(trigger)
+    assert threat.contains(inside) and inside.l1 == pytest.approx(4, abs=1e-4)
+    # One shift for every pixel: the core barely moves, the halo all but goes.
+    assert (inside.mask[2:4, 2:4] > 0.9).all() and (inside.mask[5:, 5:] < 0.005).all()
+    assert np.array_equal(inside.pattern, trigger.pattern)
+    assert MaskPatternThreat(max_mask_l1=20).project(trigger) is trigger

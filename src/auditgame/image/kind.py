@@ -37,6 +37,26 @@ class MaskPatternThreat(ThreatModel):
     def contains(self, trigger: Trigger) -> bool:
         return trigger.l1 <= self.max_mask_l1 + 1e-6
 
+    def project(self, trigger: Trigger) -> Trigger:
+        """The trigger inside this threat model closest to ``trigger`` (Euclidean, on the
+        mask): ``m' = max(m - theta, 0)`` with ``theta`` the smallest shift that brings
+        ``||m'||_1`` to the bound (the projection onto a capped simplex, Duchi et al. 2008,
+        where the box's upper edge never binds since ``m <= 1``). One shift lowers every
+        pixel, so a soft mask's faint halo goes (to zero where fainter than the shift) while
+        its core barely moves, and an auditor's reconstruction a little above the bound
+        becomes a witness the spec can accept; the pattern is kept. Inside already: as is."""
+        mask = np.asarray(trigger.mask, dtype=np.float64)
+        # A hair under the bound: the float32 sum must not round above it.
+        bound = self.max_mask_l1 * (1 - 1e-6)
+        if mask.sum() <= bound:
+            return trigger
+        values = np.sort(mask.ravel())[::-1]
+        cumulative = np.cumsum(values)
+        ranks = np.arange(1, len(values) + 1)
+        kept = int(np.nonzero(values - (cumulative - bound) / ranks > 0)[0][-1])
+        theta = (cumulative[kept] - bound) / (kept + 1)
+        return Trigger(np.maximum(mask - theta, 0.0), trigger.pattern)
+
     def describe(self) -> str:
         return f"any (1-m)*x + m*p with ||m||_1 <= {self.max_mask_l1:g} pixels"
 
@@ -88,3 +108,14 @@ class MaskPatternKind(ViolationKind):
             np.asarray(planted["mask"], np.float32), np.asarray(found["mask"], np.float32)
         )
         return {"mask_iou": iou}
+
+
+def within_threat(card_threat: ThreatModel, trigger: Trigger) -> Trigger:
+    """``trigger`` projected into a mask-and-pattern threat model (``project``); unchanged
+    under any other, whose check will say what it makes of it."""
+    return card_threat.project(trigger) if isinstance(card_threat, MaskPatternThreat) else trigger
+
+
+def mask_bound(card_threat: ThreatModel) -> float:
+    """The largest mask L1 a mask-and-pattern threat model forbids; infinite under any other."""
+    return card_threat.max_mask_l1 if isinstance(card_threat, MaskPatternThreat) else np.inf

@@ -49,6 +49,7 @@ from torch import nn
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict, logistic
 from auditgame.image.auditors.neural_cleanse import from_unit, to_unit
+from auditgame.image.kind import mask_bound, within_threat
 from auditgame.image.trigger import Trigger
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -124,7 +125,8 @@ class ABS(Auditor):
         top_neurons: candidates to reverse-engineer.
         neurons_per_label: at most this many candidates per elevated label.
         max_trigger_fraction: the mask-size bound, as a fraction of the image (0.08: 5.1
-            pixels of 8x8).
+            pixels of 8x8), never beyond the spec's own (``max_mask_l1``); the masks are
+            confirmed, and the witness returned, projected into the spec's bound.
         steps: Adam steps of the reverse engineering (full batch of seed images).
         lr: Adam learning rate on the tanh-space mask and pattern.
         mask_weight: the L1 penalty's weight above the bound.
@@ -207,6 +209,15 @@ class ABS(Auditor):
         masks, patterns = self.reverse_engineer(
             model, layers, candidates, seeds_x, rng, subject, budget
         )
+        # Confirmed as the spec would check them: inside its bound (``project``).
+        threat = subject.card.spec.threat_model
+        soft_l1 = [float(m.sum()) for m in masks]
+        masks = np.stack(
+            [
+                within_threat(threat, Trigger(m, p)).mask
+                for m, p in zip(masks, patterns, strict=True)
+            ]
+        )
         reasr, targets = self.confirm(model, masks, patterns, x_all, y_all, n_labels)
         best = int(np.argmax(reasr))
         evidence |= {
@@ -214,6 +225,7 @@ class ABS(Auditor):
             "reasr_label": [int(v) for v in targets],
             "max_reasr": float(reasr[best]),
             "trigger_l1": [float(m.sum()) for m in masks],
+            "soft_trigger_l1": soft_l1,
             "stopped_early": subject.elapsed > budget.seconds,
         }
         return Verdict(
@@ -291,7 +303,11 @@ class ABS(Auditor):
         """A mask and pattern per candidate that drive its neuron, within the size bound."""
         n_cand, n_images = len(candidates), len(x)
         channels, height, width = x.shape[1:]
-        bound = self.max_trigger_fraction * height * width
+        # Its own bound, never beyond the spec's: a larger trigger would not be a witness.
+        bound = min(
+            self.max_trigger_fraction * height * width,
+            mask_bound(subject.card.spec.threat_model),
+        )
         # ABS starts from a small square in the middle of the image, its side 0.8 * sqrt(bound).
         side = max(1, int(0.8 * np.sqrt(bound)))
         start = np.full((n_cand, 1, height, width), 0.02)

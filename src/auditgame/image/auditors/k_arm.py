@@ -58,6 +58,7 @@ from torch import nn
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict, logistic
 from auditgame.image.auditors.neural_cleanse import from_unit, to_unit
+from auditgame.image.kind import within_threat
 from auditgame.image.trigger import Trigger
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -224,11 +225,12 @@ class KArm(Auditor):
             "best_l1": float(l1),
             "stopped_early": stopped_early,
         }
+        found = Trigger(mask, pattern)
+        # The witness, projected into the spec's bound if the soft mask ran over it.
+        trigger = within_threat(subject.card.spec.threat_model, found)
+        evidence["witness_l1"] = [found.l1, trigger.l1]
         return Verdict(
-            p_violation=p_violation,
-            target=winner.label,
-            trigger=Trigger(mask, pattern),
-            evidence=evidence,
+            p_violation=p_violation, target=winner.label, trigger=trigger, evidence=evidence
         )
 
     def _next_arm(

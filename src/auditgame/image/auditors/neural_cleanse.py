@@ -48,6 +48,7 @@ from torch import nn
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import FittedAuditor, Verdict, anomaly_index, logistic
+from auditgame.image.kind import within_threat
 from auditgame.image.trigger import Trigger
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -369,7 +370,10 @@ class NeuralCleanse(FittedAuditor):
                 "null_tail": tail,
                 "null_rank": float(np.mean(null["null_max"].numpy() >= statistic)),
             }
-        trigger = Trigger(result.masks[target], result.patterns[target])
+        found = Trigger(result.masks[target], result.patterns[target])
+        # The witness, projected into the spec's bound if the soft mask ran over it.
+        trigger = within_threat(subject.card.spec.threat_model, found)
+        evidence["witness_l1"] = [found.l1, trigger.l1]
         return Verdict(p_violation=p_violation, target=target, trigger=trigger, evidence=evidence)
 
     def reverse_engineer(
