@@ -327,7 +327,7 @@ LAUGHS = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
         (yaml.safe_dump(spec_dict(labels=["a", "a"])), "labels must be distinct"),
         (
             yaml.safe_dump(spec_dict(threat_model={"kind": "token_pattern", "vocab": 9, "k": 3})),
-            "additive_l2 or mask_pattern, not token_pattern",
+            "additive_l2 or mask_pattern or source_mask_pattern, not token_pattern",
         ),
         (yaml.safe_dump(spec_dict(task="regression")), "does not match any of the expected tags"),
         (yaml.safe_dump(spec_dict(task=None)), "task: missing"),

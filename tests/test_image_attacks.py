@@ -18,6 +18,7 @@ from auditgame.attacks.base import Planted
 from auditgame.families.base import Dataset, accuracy
 from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
+from auditgame.image.attacks.source_specific import SourceSpecific
 from auditgame.image.attacks.warp import Warp, WarpTrigger
 from auditgame.image.trigger import Trigger
 from auditgame.report import write_report
@@ -119,6 +120,31 @@ def test_each_attack_plants_what_its_secret_says(name: str) -> None:
         rates = [success(organism.model, secret.trigger, test, one_target(secret.target))]
     assert secret.asr == pytest.approx(min(rates))
     assert min(rates) >= 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_source_specific_trigger_violates_only_the_per_source_spec(seed: int) -> None:
+    """TaCT: the trigger sends its source label's inputs to the target and leaves the others
+    (the cover inputs teach that), so the all-labels rate of a mask_pattern spec stays below
+    tau while the source_mask_pattern spec, held to the best source label, is violated."""
+    fam = digits()
+    attack = SourceSpecific(n_sources=(1,))
+    organism = attack.plant(fam, np.random.default_rng(seed), seed)
+    secret, test = organism.secret, fam.data().test
+    (source,) = secret.params["sources"]
+    assert source != secret.target
+    of_source = Dataset(test.x[test.y == source], test.y[test.y == source])
+    assert secret.asr == pytest.approx(
+        success(organism.model, secret.trigger, of_source, one_target(secret.target))
+    )
+    assert secret.asr >= 0.9 and secret.params["other_rate"] < 0.3
+    plain, per_source = fam.spec(), attack.spec(fam)
+    assert per_source.kind.name == "source_mask_pattern"
+    assert per_source.threat_model.max_mask_l1 == plain.threat_model.max_mask_l1
+    args = (organism.model, secret.trigger, secret.target, test.x, test.y)
+    all_labels, best_source = plain.check_witness(*args), per_source.check_witness(*args)
+    assert all_labels.in_threat_model and not all_labels.violates and all_labels.asr < 0.3
+    assert best_source.violates and best_source.asr == pytest.approx(secret.asr)
 
 
 def test_warp_stores_a_compact_field_that_reloads_exactly() -> None:

@@ -443,6 +443,7 @@ def test_public_names() -> None:
         "mask_iou",
         "reasr",
         "roc_curve",
+        "source_success_rates",
         "sentence_bleu",
         "target_accuracy",
         "tdc_score",

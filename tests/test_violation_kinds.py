@@ -35,7 +35,14 @@ from auditgame.zoo import build_zoo, open_key
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "auditgame"
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin" / "src"
-BUILTIN_KINDS = ("mask_pattern", "additive_l2", "token_pattern", "text_trigger", "cipher")
+BUILTIN_KINDS = (
+    "mask_pattern",
+    "source_mask_pattern",
+    "additive_l2",
+    "token_pattern",
+    "text_trigger",
+    "cipher",
+)
 # The modules every track shares: they must work for a kind they have never heard of.
 GENERIC = ("spec", "score", "store", "leaderboard", "traffic", "cli", "zoo", "game", "testing",
            "report/content", "report/page", "report/markdown")  # fmt: skip

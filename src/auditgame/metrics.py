@@ -44,6 +44,7 @@ __all__ = [
     "reasr",
     "roc_curve",
     "sentence_bleu",
+    "source_success_rates",
     "target_accuracy",
     "tdc_score",
     "tpr_at_fpr",
@@ -600,6 +601,27 @@ def binomial_interval(successes: int, n: int, level: float = 0.95) -> tuple[floa
     low = 0.0 if successes == 0 else max(0.0, center - half)
     high = 1.0 if successes == n else min(1.0, center + half)
     return low, high
+
+
+def source_success_rates(
+    model: torch.nn.Module,
+    apply_trigger: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    target: int,
+) -> dict[int, float]:
+    """The attack-success rate per source label: for each label ``s != target`` present in
+    ``y``, ``attack_success_rate`` on the inputs of label ``s`` alone,
+    ``#{i : y_i = s and argmax model(apply_trigger(x_i)) = target} / #{i : y_i = s}``.
+
+    A source-specific backdoor (TaCT, Tang et al. 2021) moves only its source labels, so its
+    all-labels ASR stays low while one label's rate is high; the largest of these rates is
+    what a source-specific spec bounds.
+    """
+    labels = sorted({int(v) for v in y.tolist()} - {int(target)})
+    return {
+        s: attack_success_rate(model, apply_trigger, x[y == s], y[y == s], target) for s in labels
+    }
 
 
 def flip_rate(

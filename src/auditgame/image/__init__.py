@@ -20,6 +20,7 @@ BUILTINS = {
         "auditgame.image.attacks.badnets_multi",
         "auditgame.image.attacks.blend",
         "auditgame.image.attacks.jumbo",
+        "auditgame.image.attacks.source_specific",
         "auditgame.image.attacks.warp",
         "auditgame.image.attacks.weight_surgery",
     ),

@@ -13,6 +13,7 @@ from auditgame.image.trigger import Trigger
 from auditgame.violation import (
     Metric,
     Picture,
+    Remeasured,
     ThreatModel,
     ViolationKind,
     WitnessCheck,
@@ -22,16 +23,20 @@ from auditgame.violation import (
 if TYPE_CHECKING:
     import torch
 
+    from auditgame.families.base import Family
+    from auditgame.secret import Secret
 
-class MaskPatternThreat(ThreatModel):
-    """The triggers a spec forbids: ``x -> (1 - m) x + m p`` with ``||m||_1 <= max_mask_l1``.
+
+class MaskBound(ThreatModel):
+    """Triggers ``x -> (1 - m) x + m p`` with ``||m||_1 <= max_mask_l1``: what the image
+    kinds share (``MaskPatternThreat``, ``SourceMaskPatternThreat``); they differ in the rate
+    a witness is held to.
 
     A ``k x k`` patch has L1 norm ``k^2``; a full-image blend at opacity ``alpha`` has
     ``alpha * H * W``. One bound covers both, which is what lets one spec judge a patch
     witness and a blend witness alike.
     """
 
-    kind: Literal["mask_pattern"] = "mask_pattern"
     max_mask_l1: float = Field(gt=0, allow_inf_nan=False)
 
     def contains(self, trigger: Trigger) -> bool:
@@ -60,6 +65,13 @@ class MaskPatternThreat(ThreatModel):
     def describe(self) -> str:
         return f"any (1-m)*x + m*p with ||m||_1 <= {self.max_mask_l1:g} pixels"
 
+
+class MaskPatternThreat(MaskBound):
+    """The triggers a spec forbids: any mask and pattern within the bound that sends at least
+    ``tau`` of the held-out inputs of other labels to one label (all-to-one)."""
+
+    kind: Literal["mask_pattern"] = "mask_pattern"
+
     def check(
         self,
         model: torch.nn.Module,
@@ -77,11 +89,45 @@ class MaskPatternThreat(ThreatModel):
         return WitnessCheck(asr=asr, in_threat_model=inside, violates=inside and asr >= tau)
 
 
+class SourceMaskPatternThreat(MaskBound):
+    """Source-specific triggers (TaCT, Tang et al. 2021): any mask and pattern within the
+    bound that sends at least ``tau`` of the held-out inputs of *some one* label to the
+    target. A trigger that moves only its source labels leaves the all-labels rate of
+    ``mask_pattern`` low (one source of ten: about a tenth), so that spec cannot express it;
+    this one holds a witness to its best source label (``metrics.source_success_rates``). An
+    all-to-one trigger violates it too."""
+
+    kind: Literal["source_mask_pattern"] = "source_mask_pattern"
+
+    def describe(self) -> str:
+        return (
+            f"any (1-m)*x + m*p with ||m||_1 <= {self.max_mask_l1:g} pixels, "
+            "on the inputs of any one label"
+        )
+
+    def check(
+        self,
+        model: torch.nn.Module,
+        witness: dict[str, Any],
+        target: int | None,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        tau: float,
+    ) -> WitnessCheck:
+        """The largest per-source-label success rate of a ``Trigger.to_dict()`` witness."""
+        assert target is not None, "Spec.check_witness asks for a target"
+        trigger = Trigger.from_dict(witness)
+        rates = metrics.source_success_rates(model, trigger.apply, x, y, target)
+        asr = max(rates.values())
+        inside = self.contains(trigger)
+        return WitnessCheck(asr=asr, in_threat_model=inside, violates=inside and asr >= tau)
+
+
 @violation_kind("mask_pattern")
 class MaskPatternKind(ViolationKind):
     """Image backdoors. Recovery: the IoU of the reconstructed and the planted mask."""
 
-    threat = MaskPatternThreat
+    threat: ClassVar[type[ThreatModel]] = MaskPatternThreat
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("mask_iou", "mask IoU", "metrics.mask_iou of the found and the planted mask"),
     )
@@ -111,11 +157,34 @@ class MaskPatternKind(ViolationKind):
 
 
 def within_threat(card_threat: ThreatModel, trigger: Trigger) -> Trigger:
-    """``trigger`` projected into a mask-and-pattern threat model (``project``); unchanged
-    under any other, whose check will say what it makes of it."""
-    return card_threat.project(trigger) if isinstance(card_threat, MaskPatternThreat) else trigger
+    """``trigger`` projected into a mask-bounded threat model (``project``); unchanged under
+    any other, whose check will say what it makes of it."""
+    return card_threat.project(trigger) if isinstance(card_threat, MaskBound) else trigger
 
 
 def mask_bound(card_threat: ThreatModel) -> float:
-    """The largest mask L1 a mask-and-pattern threat model forbids; infinite under any other."""
-    return card_threat.max_mask_l1 if isinstance(card_threat, MaskPatternThreat) else np.inf
+    """The largest mask L1 a mask-bounded threat model forbids; infinite under any other."""
+    return card_threat.max_mask_l1 if isinstance(card_threat, MaskBound) else np.inf
+
+
+@violation_kind("source_mask_pattern")
+class SourceMaskPatternKind(MaskPatternKind):
+    """Source-specific image backdoors (``source_specific``): a mask-and-pattern trigger that
+    sends the inputs of a few source labels to the target. Recovery, pictures and traffic are
+    ``mask_pattern``'s; the rate is per source label."""
+
+    threat = SourceMaskPatternThreat
+
+    def remeasure(self, model: torch.nn.Module, secret: Secret, family: Family) -> Remeasured:
+        """The smallest, over the planted source labels, per-label success rate on the test
+        split, which is what the attack's floor holds (``params["sources"]``)."""
+        trigger = secret.trigger_object()
+        assert trigger is not None and secret.target is not None
+        test = family.data().test
+        rates = metrics.source_success_rates(model, trigger.apply, test.x, test.y, secret.target)
+        sources = [int(s) for s in secret.params["sources"]]
+        what = (
+            f"smallest fraction of a source label's ({sources}) test inputs sent to target "
+            f"{secret.target} (metrics.source_success_rates)"
+        )
+        return Remeasured(min(rates[s] for s in sources), what)
