@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from threading import Thread
+from typing import Any
 
 import pytest
 
@@ -273,3 +274,34 @@ def test_a_plain_reply_is_read() -> None:
     assert sealed.parse_reply(b'{"ok": true, "info": {"a": [1, 2.5, null]}}')["info"] == {
         "a": [1, 2.5, None]
     }
+
+
+def test_a_reply_answers_only_its_own_task(tiny_zoo, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task interrupted between request and reply (a cancelled Ray task) must not leave its
+    reply to answer the next task, for another organism: the interrupted child is stopped,
+    and a reply that names another task is refused."""
+    first, second = (tiny_zoo.zoo.organism(oid) for oid in tiny_zoo.zoo.ids[:2])
+    info = sealed.auditor_info("weight_stats", {}, first.card.family)
+    budget = Budget(seconds=30.0)
+    own = sealed.audit(info, second, budget, 0, clean=None, traffic=None)[0]
+    reading = sealed._read_line
+
+    def interrupted(proc: Any, timeout: float | None) -> bytes:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sealed, "_read_line", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        sealed.audit(info, first, budget, 0, clean=None, traffic=None)
+    monkeypatch.setattr(sealed, "_read_line", reading)
+    again = sealed.audit(info, second, budget, 0, clean=None, traffic=None)[0]
+    assert again.error is None and again.p_violation == own.p_violation
+    assert again.evidence == own.evidence
+
+    # A request whose reply was never read, then the next task's: the stale reply is refused.
+    child = sealed._child(info, first.card.family, None, ())
+    assert child._proc.stdin is not None
+    child._proc.stdin.write(b'{"op": "audit", "task": "7"}\n')
+    child._proc.stdin.flush()
+    with pytest.raises(sealed.ChildError, match="answers task '7', not '8'"):
+        child.request({"op": "audit", "task": "8"}, 30.0)
+    assert child._proc.poll() is not None  # out of step: stopped, never reused

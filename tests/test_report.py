@@ -74,9 +74,10 @@ def _add(store: Store, game: str, auditor: str, dynamic: bool, seed: int) -> Non
         if auditor == "neural_cleanse" and trig is not None:
             found = Trigger(mask=trig.mask * (rng.random((8, 8)) > 0.3), pattern=trig.pattern)
         error = f"crashed: {EVIL}" if (auditor == "weight_stats" and i == 5) else None
+        scored = (0.0 if bad else 1.0) if error else p
         finding = Finding(
             auditor=auditor,
-            p_violation=0.5 if error else p,
+            p_violation=None if error else p,
             target=3 if found is not None else None,
             trigger=found.to_dict() if found is not None else None,
             cost=Cost(seconds=0.25 + i, forward=10, backward=0),
@@ -90,8 +91,9 @@ def _add(store: Store, game: str, auditor: str, dynamic: bool, seed: int) -> Non
             attack=attack or "clean",
             backdoored=bad,
             dynamic=dynamic,
-            p_violation=finding.p_violation,
-            flagged=finding.p_violation >= 0.5,
+            # A failure scores as the worst answer (score.score).
+            p_violation=scored,
+            flagged=scored >= 0.5,
             predicted_target=finding.target,
             true_target=secret.target,
             target_correct=(finding.target == secret.target) if bad else None,

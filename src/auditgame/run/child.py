@@ -123,13 +123,17 @@ class Child:
 def serve(requests: IO[str], wire: IO[str]) -> None:
     child = Child()
     for line in requests:
+        task = None
         try:
-            reply = {"ok": True, **child.handle(json.loads(line))}
+            request = json.loads(line)
+            task = request.get("task")
+            reply = {"ok": True, "task": task, **child.handle(request)}
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             text = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}"
-            reply = {"ok": False, "error": text[-4000:]}
+            reply = {"ok": False, "task": task, "error": text[-4000:]}
+        # The reply names the task it answers, so the referee can tell it from a stale one.
         wire.write(json.dumps(reply) + "\n")
         wire.flush()
 

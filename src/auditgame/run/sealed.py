@@ -126,11 +126,23 @@ class ChildProcess:
         proc = self._proc
         assert proc.stdin is not None and proc.stdout is not None
         try:
-            proc.stdin.write((json.dumps(message) + "\n").encode())
-            proc.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            raise ChildError(f"the auditor's process is gone (exit {proc.poll()})") from exc
-        return parse_reply(_read_line(proc, timeout))
+            try:
+                proc.stdin.write((json.dumps(message) + "\n").encode())
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError) as exc:
+                raise ChildError(f"the auditor's process is gone (exit {proc.poll()})") from exc
+            reply = decode_reply(_read_line(proc, timeout))
+            if reply.get("task") != message.get("task"):
+                raise ChildError(
+                    f"the reply answers task {reply.get('task')!r}, not {message.get('task')!r}"
+                )
+        except BaseException:
+            # A request left unanswered (interrupted, say by a cancelled Ray task) leaves its
+            # reply in the pipe, where it would answer the next task, for another organism:
+            # a child that is not in step with the referee is stopped, never reused.
+            _stop(proc)
+            raise
+        return checked_reply(reply)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -141,16 +153,27 @@ class ChildProcess:
 
 
 def parse_reply(line: bytes) -> dict[str, Any]:
-    """A child's reply as data: a JSON object with a boolean ``ok``, no NaN or infinities
-    (which JSON does not have, and which would pass a schema's range checks unnoticed in
-    evidence), not nested past the parser's depth; an ``ok: false`` reply is the auditor's
-    error. Anything else is a ``ChildError``."""
+    """A child's reply as data (``decode_reply``), its ``ok: false`` raised as the auditor's
+    error (``checked_reply``)."""
+    return checked_reply(decode_reply(line))
+
+
+def decode_reply(line: bytes) -> dict[str, Any]:
+    """A child's reply line as data: a JSON object with a boolean ``ok``, no NaN or
+    infinities (which JSON does not have, and which would pass a schema's range checks
+    unnoticed in evidence), not nested past the parser's depth. Anything else is a
+    ``ChildError``."""
     try:
         reply = json.loads(line, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise ChildError(f"reply is not JSON data: {str(exc)[:200]}") from exc
     if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
         raise ChildError("reply is not an object with 'ok'")
+    return reply
+
+
+def checked_reply(reply: dict[str, Any]) -> dict[str, Any]:
+    """``reply``, or its ``ok: false`` as a ``ChildError`` carrying the auditor's error."""
     if not reply["ok"]:
         raise ChildError(str(reply.get("error", "failed"))[:4000])
     return reply
