@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from auditgame import registry
 from auditgame.access import Budget
 from auditgame.errors import ZooError
 from auditgame.game import AuditorSpec, Game, play
@@ -30,6 +31,7 @@ from auditgame.report import report_server
 from auditgame.run import sandbox, sealed
 from auditgame.run.local import LocalExecutor
 from auditgame.run.sealed import close_children
+from auditgame.run.task import access_data
 from auditgame.store import UNREVEALED, Store
 
 HOSTILE = "hostile_auditors"
@@ -305,3 +307,24 @@ def test_a_reply_answers_only_its_own_task(tiny_zoo, monkeypatch: pytest.MonkeyP
     with pytest.raises(sealed.ChildError, match="answers task '7', not '8'"):
         child.request({"op": "audit", "task": "8"}, 30.0)
     assert child._proc.poll() is not None  # out of step: stopped, never reused
+
+
+def test_every_builtin_auditors_parameters_read_as_its_child_reports_them() -> None:
+    """The referee refuses a finding whose parameters differ from those it ran; the child
+    reports them as JSON data, so a built-in's must be described the same way (ABS's tuple
+    ``stimulation`` once made every sealed ABS audit an error row)."""
+    for name in registry.names("auditor"):
+        cls = registry.get("auditor", name)
+        if not registry.is_builtin(cls):
+            continue
+        family = next(f for f in ("digits", "rff16", "maxofk", "tinylm") if cls.supports(f))
+        reported = json.loads(json.dumps(cls().get_params(), default=str))
+        assert sealed.auditor_info(name, {}, family).params == reported, name
+
+
+def test_a_sealed_abs_audit_is_judged(tiny_zoo) -> None:
+    organism = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0])
+    info = sealed.auditor_info("abs", {"steps": 5, "top_neurons": 2}, organism.card.family)
+    clean, _ = access_data(organism, info.access, Budget(), None)
+    finding = sealed.audit(info, organism, Budget(seconds=30.0), 0, clean=clean, traffic=None)[0]
+    assert finding.error is None and finding.p_violation is not None

@@ -253,7 +253,9 @@ def _auditor_info(
         return AuditorInfo(
             name=name,
             module=cls.__module__,
-            params=instance.get_params(),
+            # As the child reports them (JSON data: a tuple comes back a list), so a finding's
+            # parameters compare equal to the ones it was run with.
+            params=json.loads(json.dumps(instance.get_params(), default=str)),
             access=cls.access,
             reference=cls.reference,
             fitted=issubclass(cls, FittedAuditor),
