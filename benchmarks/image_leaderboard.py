@@ -34,6 +34,8 @@ from auditgame.zoo import build_zoo, open_key
 
 ATTACKS = ("badnets", "blend", "warp", "all_to_all", "weight_surgery", "adaptive", "badnets_multi")
 RESULTS = Path(__file__).parent / "results"
+SECONDS = 120.0
+"""Each auditor's budget unless ``--seconds`` says otherwise."""
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -66,8 +68,16 @@ def table(rows: list[LeaderRow]) -> list[str]:
 
 
 def run_family(family: str, args: argparse.Namespace) -> Path:
-    tag = f"{family}_n{args.n}_s{args.seed}"
-    root = args.data / f"{family}-n{args.n}-s{args.seed}"
+    # A run on other attacks builds another zoo, and one on fewer auditors writes another
+    # table: neither may reuse or overwrite the full run's.
+    attacks = "" if list(args.attacks) == list(ATTACKS) else "-" + "-".join(args.attacks)
+    chosen = "" if args.auditors is None else "_" + "-".join(args.auditors)
+    tag = f"{family}{attacks}_n{args.n}_s{args.seed}{chosen}"
+    root = args.data / f"{family}{attacks}-n{args.n}-s{args.seed}"
+    command = f"--family {family} --n {args.n} --seed {args.seed}"
+    command += f" --attacks {' '.join(args.attacks)}" if attacks else ""
+    command += f" --auditors {' '.join(args.auditors)}" if chosen else ""
+    command += f" --seconds {args.seconds:g}" if args.seconds != SECONDS else ""
     start = time.perf_counter()
     zoo = build_zoo(family, args.n, args.seed, root, attacks=args.attacks, workers=args.workers)
     build_seconds = time.perf_counter() - start
@@ -90,7 +100,7 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
     lines = [
         f"# Image leaderboard: {family}",
         "",
-        f"`benchmarks/image_leaderboard.py --family {family} --n {args.n} --seed {args.seed}`; "
+        f"`benchmarks/image_leaderboard.py {command}`; "
         f"auditgame {package_version()}, git {git_revision()}; {args.workers} workers on "
         f"{os.cpu_count()} cores. Zoo build {build_seconds:.0f} s (less if resumed), fits and "
         f"play {play_seconds:.0f} s (less if resumed); game {game_id}.",
@@ -132,7 +142,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
     parser.add_argument("--auditors", nargs="+", default=None, help="default: every one")
-    parser.add_argument("--seconds", type=float, default=120.0, help="each auditor's budget")
+    parser.add_argument("--seconds", type=float, default=SECONDS, help="each auditor's budget")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data", type=Path, default=Path("auditgame-data/bench-image"))
     args = parser.parse_args()
