@@ -258,6 +258,30 @@ def test_fits_are_cached_per_user_and_shared_across_working_folders(
     assert not (tmp_path / "a" / "auditgame-data").exists()
 
 
+def test_a_classifier_whose_encoder_is_not_called_features_runs_the_image_auditors(
+    tmp_path: Path,
+) -> None:
+    """Issue 18's case: a user's classifier with its own layer names, default flags, the
+    spec naming its feature layer: Neural Cleanse (its rule without a fit, said in a note),
+    K-Arm and ABS (on the activations inside ``encoder``) all answer, none fails."""
+    from own_models import EncoderNet
+
+    torch.manual_seed(0)
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in EncoderNet().state_dict().items()}, str(weights))
+    spec = write_spec(
+        tmp_path, feature_layer="encoder", auditors=["neural_cleanse", "k_arm", "abs"]
+    )
+    result = audit(weights, "--spec", spec, "--arch", "own_models:EncoderNet")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    findings = {f["auditor"]: f for f in report["findings"]}
+    assert set(findings) == {"neural_cleanse", "k_arm", "abs"}
+    assert all(f["error"] is None and f["p_violation"] is not None for f in findings.values())
+    assert findings["abs"]["evidence"]["layers"] == ["encoder.1", "encoder.5"]
+    assert any("neural_cleanse: no fit_family" in note for note in report["notes"])
+
+
 def test_says_when_no_held_out_samples_are_left_for_the_witness(tmp_path: Path) -> None:
     weights = random_weights(tmp_path)
     data = Digits().data().val
