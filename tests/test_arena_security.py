@@ -254,6 +254,23 @@ def test_the_sandbox_binds_code_read_only_and_nothing_of_the_referees(tmp_path: 
     assert not any(p.endswith(".key") or p.endswith(".sqlite") for p in bound)
 
 
+def test_a_sandbox_sees_the_base_models_but_not_the_audit_commands_fits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The per-user cache holds base models (shared, read-only, with every sandbox) and the
+    fits of ``auditgame audit`` (other auditors' work, shadow zoos with their keys): a game's
+    sandbox is given the first and not the second."""
+    monkeypatch.setenv("AUDITGAME_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "tinylm-base").mkdir(parents=True)
+    (tmp_path / "cache" / "fits" / "digits").mkdir(parents=True)
+    mounts = sandbox.Mounts(tmp_path / "in", tmp_path / "scratch")
+    bound = sandbox.describe_mounts(sandbox.command("auditgame.run.child", mounts)[0])
+    if sandbox.bwrap() is None:
+        pytest.fail("bubblewrap is missing: make installs it")
+    assert str(tmp_path / "cache" / "tinylm-base") in bound
+    assert not any(p.startswith(str(tmp_path / "cache" / "fits")) for p in bound)
+
+
 @pytest.mark.parametrize(
     ("line", "problem"),
     [

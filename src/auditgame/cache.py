@@ -23,6 +23,13 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "auditgame"
 
 
+def fits_dir() -> Path:
+    """Where ``auditgame audit`` keeps auditors' fits, shared by audits run from any folder.
+    Not a base model: a game's sandboxes see the rest of the cache, never this folder (other
+    auditors' fits, and the shadow zoos with their keys)."""
+    return cache_dir() / "fits"
+
+
 def cached_folder(name: str, build: Callable[[Path], None]) -> Path:
     """The folder ``cache_dir()/name``, built by ``build(tmp_folder)`` if it is missing."""
     final = cache_dir() / name

@@ -33,13 +33,11 @@ if TYPE_CHECKING:
 DATA_DIR = Path("auditgame-data")
 
 
-def fits_cache() -> Path:
-    """Where ``audit`` keeps auditors' fits: the per-user cache (``cache.cache_dir()``, moved
-    by ``AUDITGAME_CACHE``), so audits run from different folders share one fit instead of
-    each building a shadow zoo."""
-    from auditgame.cache import cache_dir
+def _fits_dir() -> Path:
+    """``cache.fits_dir()``, imported when used (the CLI starts without torch)."""
+    from auditgame.cache import fits_dir
 
-    return cache_dir() / "fits"
+    return fits_dir()
 
 
 app = typer.Typer(
@@ -229,7 +227,7 @@ def _audit_organism(
             "`auditgame play` prepares"
         )
     instance = cls(**params)
-    fit_here(instance, organism.card.family, fits_cache())
+    fit_here(instance, organism.card.family, _fits_dir())
     subject = make_subject(organism, cls.access, budget, reference=cls.reference)
     finding = instance.audit(subject, budget, seed=seed)
     check = check_witness(organism, finding)
@@ -263,7 +261,7 @@ def _audit_own(
         params=params,
         budget=budget,
         seed=seed,
-        fit_root=fits_cache(),
+        fit_root=_fits_dir(),
         on_start=lambda name: err.print(f"auditing {path} with {name}"),
     )
     for line in audited.summary():

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from auditgame.cache import cache_dir
+from auditgame.cache import cache_dir, fits_dir
 
 # Where the child finds its inputs and may write, inside the sandbox.
 IN = Path("/in")
@@ -178,7 +178,8 @@ def _cache_binds() -> list[str]:
     root = cache_dir()
     if root.is_dir():
         for entry in sorted(root.iterdir()):
-            if entry.is_dir() and not entry.name.startswith("."):
+            # The audit command's fits are other auditors' work, and hold shadow zoos' keys.
+            if entry.is_dir() and not entry.name.startswith(".") and entry != fits_dir():
                 binds += ["--ro-bind", str(entry), str(CACHE / entry.name)]
     return binds
 
