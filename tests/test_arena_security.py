@@ -285,14 +285,13 @@ def test_a_sandbox_sees_the_base_models_but_not_the_audit_commands_fits(
 )
 def test_a_reply_that_is_not_plain_json_data_is_refused(line: bytes, problem: str) -> None:
     with pytest.raises(sealed.ChildError, match=problem) as info:
-        sealed.parse_reply(line)
+        sealed.checked_reply(sealed.decode_reply(line))
     assert len(str(info.value)) <= 4000
 
 
 def test_a_plain_reply_is_read() -> None:
-    assert sealed.parse_reply(b'{"ok": true, "info": {"a": [1, 2.5, null]}}')["info"] == {
-        "a": [1, 2.5, None]
-    }
+    line = b'{"ok": true, "info": {"a": [1, 2.5, null]}}'
+    assert sealed.checked_reply(sealed.decode_reply(line))["info"] == {"a": [1, 2.5, None]}
 
 
 def test_a_reply_answers_only_its_own_task(tiny_zoo, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -152,12 +152,6 @@ class ChildProcess:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def parse_reply(line: bytes) -> dict[str, Any]:
-    """A child's reply as data (``decode_reply``), its ``ok: false`` raised as the auditor's
-    error (``checked_reply``)."""
-    return checked_reply(decode_reply(line))
-
-
 def decode_reply(line: bytes) -> dict[str, Any]:
     """A child's reply line as data: a JSON object with a boolean ``ok``, no NaN or
     infinities (which JSON does not have, and which would pass a schema's range checks
