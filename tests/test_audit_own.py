@@ -205,6 +205,7 @@ def test_a_failing_auditor_gives_no_probability_and_a_nonzero_exit(tmp_path: Pat
     assert "abs: failed" in result.output and "FLAGGED" not in result.output
 
 
+@pytest.mark.kernels
 def test_a_calibrated_auditor_without_fit_family_runs_its_rule_without_a_fit(
     tmp_path: Path,
 ) -> None:
@@ -258,6 +259,7 @@ def test_fits_are_cached_per_user_and_shared_across_working_folders(
     assert not (tmp_path / "a" / "auditgame-data").exists()
 
 
+@pytest.mark.kernels
 def test_a_classifier_whose_encoder_is_not_called_features_runs_the_image_auditors(
     tmp_path: Path,
 ) -> None:
