@@ -31,7 +31,7 @@ BUDGET = Budget()
 def audit(tiny_zoo, organism_id: str, *, seed: int = 0, **params) -> Finding:
     organism = tiny_zoo.zoo.organism(organism_id)
     subject = make_subject(organism, Access.CLEAN_DATA, BUDGET)
-    return ABS(**params).audit(subject, BUDGET, seed=seed)
+    return ABS(**{"calibrate": False, **params}).audit(subject, BUDGET, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_a_model_without_features_is_an_error(tiny_zoo) -> None:
     clean = make_subject(organism, Access.CLEAN_DATA, BUDGET).clean
     flat = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     subject = Subject(model=flat, card=organism.card, access=Access.CLEAN_DATA, clean=clean)
-    finding = ABS().audit(subject, BUDGET)
+    finding = ABS(calibrate=False).audit(subject, BUDGET)
     assert finding.error is not None and "declares no feature layer" in finding.error
 
 
@@ -133,7 +133,7 @@ def test_searches_within_the_specs_bound_and_returns_a_witness_inside_it(tiny_zo
     subject = Subject(
         model=subject.model, card=tight, access=Access.CLEAN_DATA, clean=subject.clean
     )
-    finding = ABS(steps=10, top_neurons=3).audit(subject, BUDGET)
+    finding = ABS(steps=10, top_neurons=3, calibrate=False).audit(subject, BUDGET)
     assert finding.error is None and finding.trigger is not None
     assert tight.spec.threat_model.contains(Trigger.from_dict(finding.trigger))
     assert max(finding.evidence["trigger_l1"]) <= 4
@@ -142,7 +142,7 @@ def test_searches_within_the_specs_bound_and_returns_a_witness_inside_it(tiny_zo
 def test_stops_at_the_budget_with_a_finding(tiny_zoo) -> None:
     organism = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0])
     budget = Budget(seconds=0.0)
-    finding = ABS().audit(make_subject(organism, Access.CLEAN_DATA, budget), budget)
+    finding = ABS(calibrate=False).audit(make_subject(organism, Access.CLEAN_DATA, budget), budget)
     assert finding.error is None
     assert finding.evidence["stopped_early"] is True
     assert finding.evidence["reasr"] == [] and finding.p_violation < DEFAULT_THRESHOLD

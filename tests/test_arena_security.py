@@ -34,6 +34,10 @@ from auditgame.run.sealed import close_children
 from auditgame.run.task import access_data
 from auditgame.store import UNREVEALED, Store
 
+# weight_stats by its published threshold: calibrated, it would first train 64 clean
+# reference models.
+WEIGHT_STATS = AuditorSpec(name="weight_stats", params={"calibrate": False})
+
 HOSTILE = "hostile_auditors"
 BUDGET = Budget(seconds=5, n_clean=20)
 
@@ -67,7 +71,7 @@ def snoop_game(tiny_zoo, store: Path) -> Game:
     spec = hostile(
         "hostile_snoop", zoo=str(tiny_zoo.zoo.root), key=str(tiny_zoo.key_path), store=str(store)
     )
-    return Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="weight_stats"), spec],
+    return Game(zoo=tiny_zoo.zoo.root, auditors=[WEIGHT_STATS, spec],
                 budget=BUDGET)  # fmt: skip
 
 
@@ -158,7 +162,7 @@ def test_only_data_crosses_and_a_broken_auditor_costs_only_its_own_rows(
     monkeypatch.setattr(sealed, "HARD_LIMIT_SECONDS", 1.0)
     marker = tmp_path / "pwned"
     auditors = [
-        AuditorSpec(name="weight_stats"),
+        WEIGHT_STATS,
         hostile("hostile_pickle", marker=str(marker)),
         hostile("hostile_forge"),
         hostile("hostile_hang"),
@@ -195,7 +199,7 @@ def test_secrets_reach_the_store_only_when_the_last_pair_is_judged(
     tiny_zoo, tmp_path: Path
 ) -> None:
     """Route 7's other half: an early row tells nothing, even to a reader of the file."""
-    game = Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name="weight_stats")])
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[WEIGHT_STATS])
     seen: list[set[str]] = []
     with Store(tmp_path / "r.sqlite") as store:
 
@@ -299,7 +303,7 @@ def test_a_reply_answers_only_its_own_task(tiny_zoo, monkeypatch: pytest.MonkeyP
     reply to answer the next task, for another organism: the interrupted child is stopped,
     and a reply that names another task is refused."""
     first, second = (tiny_zoo.zoo.organism(oid) for oid in tiny_zoo.zoo.ids[:2])
-    info = sealed.auditor_info("weight_stats", {}, first.card.family)
+    info = sealed.auditor_info("weight_stats", {"calibrate": False}, first.card.family)
     budget = Budget(seconds=30.0)
     own = sealed.audit(info, second, budget, 0, clean=None, traffic=None)[0]
     reading = sealed._read_line
@@ -340,7 +344,9 @@ def test_every_builtin_auditors_parameters_read_as_its_child_reports_them() -> N
 
 def test_a_sealed_abs_audit_is_judged(tiny_zoo) -> None:
     organism = tiny_zoo.zoo.organism(tiny_zoo.zoo.ids[0])
-    info = sealed.auditor_info("abs", {"steps": 5, "top_neurons": 2}, organism.card.family)
+    info = sealed.auditor_info(
+        "abs", {"steps": 5, "top_neurons": 2, "calibrate": False}, organism.card.family
+    )
     clean, _ = access_data(organism, info.access, Budget(), None)
     finding = sealed.audit(info, organism, Budget(seconds=30.0), 0, clean=clean, traffic=None)[0]
     assert finding.error is None and finding.p_violation is not None

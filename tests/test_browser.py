@@ -28,6 +28,10 @@ from auditgame.score import Score
 from auditgame.secret import Secret
 from auditgame.store import Store
 
+# weight_stats by its published threshold: calibrated, it would first train 64 clean
+# reference models.
+WEIGHT_STATS = AuditorSpec(name="weight_stats", params={"calibrate": False})
+
 EVIL = '<img src=x onerror="document.title=\'pwned\'"><script>document.title="pwned"</script>'
 
 
@@ -60,7 +64,7 @@ def report(tiny_zoo, tmp_path_factory: pytest.TempPathFactory) -> Path:
         zoo=tiny_zoo.zoo.root,
         auditors=[
             AuditorSpec(name="neural_cleanse", params={"steps": 20, "calibrate": False}),
-            AuditorSpec(name="weight_stats"),
+            WEIGHT_STATS,
         ],
     )
     with Store(folder / "results.sqlite") as store:

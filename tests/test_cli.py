@@ -90,6 +90,8 @@ def test_play_json_then_report(tiny_zoo, tmp_path: Path) -> None:
     store = tmp_path / "r.sqlite"
     args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(store), "--workers", "1"]
     args += ["--auditor", "weight_stats", "--auditor", "mahalanobis", "--json"]
+    # Its published threshold: calibrating would train 64 clean reference models first.
+    args += ["--param", "weight_stats.calibrate=false"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
@@ -109,6 +111,7 @@ def test_report_without_a_store_says_what_to_do(tmp_path: Path) -> None:
 def test_play_says_which_auditors_it_skips(tiny_zoo, tmp_path: Path) -> None:
     args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(tmp_path / "r.sqlite")]
     args += ["--workers", "1", "--auditor", "weight_battery", "--auditor", "weight_stats"]
+    args += ["--param", "weight_stats.calibrate=false"]
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     assert "skipped weight_battery: it does not examine digits" in result.stderr

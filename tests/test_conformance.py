@@ -71,8 +71,9 @@ SLOW_FAMILIES = {"maxofk", "tinylm"}
 # auditor, parameters that leave it no fit to speak of.
 AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
     "neural_cleanse": {"steps": 20, "calibrate": False},
-    "abs": {"n_seed_images": 10, "steps": 10},
-    "k_arm": {"max_pulls": 40, "max_updates": 10},
+    "abs": {"n_seed_images": 10, "steps": 10, "calibrate": False},
+    "k_arm": {"max_pulls": 40, "max_updates": 10, "calibrate": False},
+    "weight_stats": {"calibrate": False},
     "flip_search": {"steps": 20, "restarts": 1},
     "weight_battery": {"n_null": 5},
     "token_search": {"restarts": 16, "steps": 10},
@@ -91,8 +92,11 @@ AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
 # are slow; a fitted auditor not listed here is slow too, with its default fit.
 FIT_PARAMS: dict[str, dict[str, Any]] = {
     "neural_cleanse": {"steps": 20, "n_reference": 8},
-    "mntd": {"n_shadow": 8, "folds": 2, "steps": 20},
-    "ulp": {"n_shadow": 8, "folds": 2, "steps": 20},
+    "abs": {"n_seed_images": 10, "steps": 10, "n_reference": 8},
+    "k_arm": {"max_pulls": 40, "max_updates": 10, "n_reference": 8},
+    "weight_stats": {"n_reference": 8},
+    "mntd": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
+    "ulp": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
 }
 ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     **{

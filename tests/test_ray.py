@@ -29,8 +29,12 @@ from auditgame.run.sealed import auditor_info
 from auditgame.run.task import Outcome, Task
 from auditgame.store import Store
 
+# weight_stats by its published threshold: calibrated, it would first train 64 clean
+# reference models.
+WEIGHT_STATS = AuditorSpec(name="weight_stats", params={"calibrate": False})
+
 AUDITORS = [
-    AuditorSpec(name="weight_stats"),
+    WEIGHT_STATS,
     AuditorSpec(name="neural_cleanse", params={"steps": 10, "calibrate": False}),
 ]
 Rows = dict[tuple[str, str], tuple[float, int | None]]
@@ -110,7 +114,7 @@ def test_a_worker_refuses_modified_weights(ray_session, tiny_zoo, tmp_path: Path
     data = bytearray((folder / WEIGHTS).read_bytes())
     data[-1] ^= 1
     (folder / WEIGHTS).write_bytes(bytes(data))
-    task = Task(folder, auditor_info("weight_stats", {}, "digits"), Budget(), 0)
+    task = Task(folder, auditor_info("weight_stats", {"calibrate": False}, "digits"), Budget(), 0)
     seen: list[Outcome] = []
     # The worker's error comes back as itself, as it would from a local run.
     with pytest.raises(ZooError, match="does not match the card"):
@@ -126,7 +130,8 @@ def test_a_worker_needs_only_the_shipped_bytes(
     source = tiny_zoo.zoo.organism_path(tiny_zoo.zoo.ids[0])
     files = {name: (source / name).read_bytes() for name in (CARD, WEIGHTS)}
     elsewhere = Path("/nonexistent-node-path") / source.name
-    task = Task(elsewhere, auditor_info("weight_stats", {}, "digits"), Budget(), 0)
+    info = auditor_info("weight_stats", {"calibrate": False}, "digits")
+    task = Task(elsewhere, info, Budget(), 0)
     outcome = _run_on_worker(task, files)
     assert outcome.finding.error is None and 0 <= outcome.finding.p_violation <= 1
     cached = tmp_path / "auditgame-ray" / "organisms" / source.name
@@ -148,6 +153,7 @@ def test_shipped_files_are_verified_before_they_are_cached(tiny_zoo, tmp_path: P
 
 def test_play_on_ray_from_the_command_line(ray_session, tiny_zoo, tmp_path: Path) -> None:
     args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--auditor", "weight_stats"]
+    args += ["--param", "weight_stats.calibrate=false"]
     result = CliRunner().invoke(
         app, [*args, "--executor", "ray", "--store", str(tmp_path / "r.sqlite"), "--json"]
     )

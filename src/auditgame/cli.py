@@ -95,6 +95,22 @@ def _parse_params(pairs: list[str]) -> dict[str, Any]:
     return params
 
 
+def _auditor_params(pairs: list[str], names: list[str]) -> dict[str, dict[str, Any]]:
+    """``play``'s ``--param AUDITOR.NAME=VALUE``: parameters per auditor of the game."""
+    by_auditor: dict[str, dict[str, Any]] = {}
+    for dotted, value in _parse_params(pairs).items():
+        name, dot, key = dotted.partition(".")
+        if not dot or not key:
+            raise typer.BadParameter(f"--param takes AUDITOR.NAME=VALUE, got {dotted[:80]!r}")
+        if name not in names:
+            raise typer.BadParameter(
+                f"--param {dotted[:80]}: {name[:40]!r} is not an auditor of this game "
+                f"({', '.join(names)})"
+            )
+        by_auditor.setdefault(name, {})[key] = value
+    return by_auditor
+
+
 def _build(
     family: str,
     n: int,
@@ -316,6 +332,13 @@ def play_cmd(
         ),
     ] = None,
     auditor: Annotated[list[str] | None, typer.Option(help="auditors (repeat)")] = None,
+    param: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="an auditor's parameter AUDITOR.NAME=VALUE (repeat; e.g. "
+            "weight_stats.calibrate=false: its published threshold, no fit)"
+        ),
+    ] = None,
     attack: Annotated[
         list[str] | None,
         typer.Option(help="attacks of the zoo built here (repeat; default: the family's)"),
@@ -359,10 +382,11 @@ def play_cmd(
             else _build(family, n, seed, zoo_dir, key, workers, attack)
         )
         names = auditor or _default_auditors(opened)
+        params = _auditor_params(param or [], names)
         secret_key = open_key(opened, key)
         game = Game(
             zoo=zoo_dir,
-            auditors=[AuditorSpec(name=a) for a in names],
+            auditors=[AuditorSpec(name=a, params=params.get(a, {})) for a in names],
             budget=Budget(seconds=seconds),
             seed=seed or 0,
         )

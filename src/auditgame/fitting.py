@@ -88,9 +88,11 @@ def fit_here(auditor: Auditor, family: str, root: Path) -> Path | None:
     return path
 
 
-def shadow_seed(fit_seed: int) -> int:
-    """The seed of a shadow zoo: drawn from a namespace no evaluated zoo's seed falls in."""
-    digest = hashlib.sha256(f"shadow:{SHADOW_NAMESPACE}:{fit_seed}".encode()).digest()
+def shadow_seed(fit_seed: int, purpose: str = "shadow") -> int:
+    """The seed of a shadow zoo: drawn from a namespace no evaluated zoo's seed falls in, and
+    one per ``purpose``, so reference models never share a training seed with a shadow zoo's
+    (a meta-classifier's null must not be scored on models it was trained on)."""
+    digest = hashlib.sha256(f"{purpose}:{SHADOW_NAMESPACE}:{fit_seed}".encode()).digest()
     return int.from_bytes(digest[:7], "little")
 
 
@@ -117,4 +119,30 @@ def shadow_zoo(
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         build_zoo(family, n, seed, out, attacks=attacks, workers=workers or os.cpu_count() or 1)
+    return out
+
+
+def reference_zoo(
+    family: str, n: int, seed: int, workdir: Path, *, workers: int | None = None
+) -> Path:
+    """Build (or reuse) ``n`` clean reference models of ``family`` under ``workdir``.
+
+    The family's public recipe from seeds of their own namespace: what a clean organism of the
+    family looks like, the null every ``Calibrated`` auditor is judged against. One set per
+    (family, n, seed), shared by every auditor that calibrates on it.
+    """
+    from auditgame.zoo import build_zoo
+
+    out = Path(workdir) / f"references-n{n}-s{seed}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.with_name(out.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        build_zoo(
+            family,
+            n,
+            shadow_seed(seed, "references"),
+            out,
+            attacks=(),
+            workers=workers or os.cpu_count() or 1,
+        )
     return out

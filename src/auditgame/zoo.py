@@ -107,8 +107,9 @@ def manifest_mac(manifest: Manifest, key: bytes) -> str:
 
 
 def plan_roles(n: int, attacks: Sequence[str], rng: np.random.Generator) -> list[str]:
-    """Half clean, the other half shared evenly among ``attacks``, in a seeded order."""
-    n_bad = n // 2
+    """Half clean, the other half shared evenly among ``attacks``, in a seeded order; all clean
+    when there are no attacks (``fitting.reference_zoo``)."""
+    n_bad = n // 2 if attacks else 0
     roles = [CLEAN] * (n - n_bad) + [attacks[i % len(attacks)] for i in range(n_bad)]
     return [roles[i] for i in rng.permutation(n)]
 

@@ -34,13 +34,15 @@ class Witness(Protocol):
 
 @dataclass(frozen=True)
 class Verdict:
-    """What ``run`` returns; ``audit`` adds the bookkeeping."""
+    """What ``run`` returns; ``audit`` adds the bookkeeping. ``statistic`` is the detector's
+    raw suspicion, where it has one (``auditors.calibrated`` judges it against clean models)."""
 
     p_violation: float
     target: int | None = None
     trigger: Witness | None = None
     certificate: dict[str, Any] | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    statistic: float | None = None
 
 
 class Auditor(Configurable, ABC):

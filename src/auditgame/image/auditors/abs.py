@@ -47,7 +47,8 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import Auditor, Verdict, logistic
+from auditgame.auditors.base import Verdict, logistic
+from auditgame.auditors.calibrated import Calibrated
 from auditgame.image.auditors.neural_cleanse import from_unit, to_unit
 from auditgame.image.kind import mask_bound, within_threat
 from auditgame.image.trigger import Trigger
@@ -113,7 +114,7 @@ def _forcing(channel: torch.Tensor, value: torch.Tensor) -> Any:
 
 
 @auditor("abs")
-class ABS(Auditor):
+class ABS(Calibrated):
     """Artificial Brain Stimulation on the activation layers of the model's feature layer.
 
     Args:
@@ -136,6 +137,11 @@ class ABS(Auditor):
             digits shadow zoo (``fitting.shadow_zoo``, n 32, fit seed 0): the 16 clean models
             reached at most 0.42, the 16 jumbo-backdoored ones at least 0.77.
         slope: steepness of ``p_violation`` in REASR.
+
+    The statistic is the largest REASR (0 when no neuron is a candidate); ``reasr_threshold``
+    and ``slope`` are the rule without ``calibrate``: by default it is judged against clean
+    references (``Calibrated``'s parameters), because the threshold chosen on digits flagged
+    11 of 50 clean mnist organisms.
     """
 
     access = Access.CLEAN_DATA
@@ -155,6 +161,10 @@ class ABS(Auditor):
         label_weight: float = 1.0,
         reasr_threshold: float = 0.6,
         slope: float = 12.0,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         if not stimulation or stimulation[0] != 0.0 or len(stimulation) < 2:
             raise ValueError(
@@ -173,8 +183,9 @@ class ABS(Auditor):
         self.label_weight = label_weight
         self.reasr_threshold = reasr_threshold
         self.slope = slope
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         model: nn.Module = subject.model
         data = subject.clean_data
         if len(data) == 0:
@@ -203,7 +214,9 @@ class ABS(Auditor):
             # No neuron to confirm: a REASR of 0, and no witness.
             evidence |= {"reasr": [], "max_reasr": 0.0, "stopped_early": out_of_time}
             return Verdict(
-                p_violation=logistic(-self.slope * self.reasr_threshold), evidence=evidence
+                p_violation=logistic(-self.slope * self.reasr_threshold),
+                evidence=evidence,
+                statistic=0.0,
             )
 
         masks, patterns = self.reverse_engineer(
@@ -233,6 +246,7 @@ class ABS(Auditor):
             target=int(targets[best]),
             trigger=Trigger(masks[best], patterns[best]),
             evidence=evidence,
+            statistic=float(reasr[best]),
         )
 
     def stimulate(

@@ -56,7 +56,8 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import Auditor, Verdict, logistic
+from auditgame.auditors.base import Verdict, logistic
+from auditgame.auditors.calibrated import Calibrated
 from auditgame.image.auditors.neural_cleanse import from_unit, to_unit
 from auditgame.image.kind import within_threat
 from auditgame.image.trigger import Trigger
@@ -91,7 +92,7 @@ class _Arm:
 
 
 @auditor("k_arm")
-class KArm(Auditor):
+class KArm(Calibrated):
     """K-Arm over universal (all-to-one) triggers.
 
     Args:
@@ -123,6 +124,12 @@ class KArm(Auditor):
             models of the auditor's digits shadow zoo (7.6 and up) and those it found on the
             16 backdoored ones (4.3 and down).
         slope: steepness of ``p_violation`` in ``ln(bound / l1)``.
+
+    The statistic is ``ln(H * W / l1)`` of the winning arm (a smaller trigger: more
+    suspicious); ``size_bound`` and ``slope`` are the rule without ``calibrate``: by default it
+    is judged against clean references (``Calibrated``'s parameters), because the bound set on
+    digits flagged 50 of 50 clean mnist organisms, whose labels have natural triggers of a few
+    pixels.
     """
 
     access = Access.CLEAN_DATA
@@ -150,6 +157,10 @@ class KArm(Auditor):
         give_up_pulls: int = 50,
         size_bound: float = 0.08,
         slope: float = 3.0,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         self.top_k_fraction = top_k_fraction
         self.screen_threshold = screen_threshold
@@ -171,8 +182,9 @@ class KArm(Auditor):
         self.give_up_pulls = give_up_pulls
         self.size_bound = size_bound
         self.slope = slope
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         model: nn.Module = subject.model
         data = subject.clean_data
         if len(data) == 0:
@@ -230,7 +242,11 @@ class KArm(Auditor):
         trigger = within_threat(subject.card.spec.threat_model, found)
         evidence["witness_l1"] = [found.l1, trigger.l1]
         return Verdict(
-            p_violation=p_violation, target=winner.label, trigger=trigger, evidence=evidence
+            p_violation=p_violation,
+            target=winner.label,
+            trigger=trigger,
+            evidence=evidence,
+            statistic=math.log(area / l1),
         )
 
     def _next_arm(

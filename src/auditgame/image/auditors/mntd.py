@@ -29,7 +29,7 @@ import copy
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import FittedAuditor, Verdict
+from auditgame.auditors.base import Verdict
+from auditgame.auditors.calibrated import Calibrated
 from auditgame.metrics import auroc
 from auditgame.registry import auditor
 from auditgame.subject import Subject
@@ -105,7 +106,7 @@ def stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np
     return folds
 
 
-class QueryTunedDetector(FittedAuditor):
+class QueryTunedDetector(Calibrated):
     """Learned inputs plus a meta-classifier over a model's outputs on them, fitted on a
     shadow zoo. Subclasses choose the head, the feature map and the inputs' regulariser.
 
@@ -118,9 +119,16 @@ class QueryTunedDetector(FittedAuditor):
         lr: Adam learning rate, for the inputs and the head alike.
         folds: stratified folds for the validation AUROC (each fold's models scored by a
             detector trained on the others); the stored detector is then trained on all.
+
+    The statistic is the meta-classifier's logit. Without ``calibrate`` (``Calibrated``'s
+    parameters), ``p = sigmoid(logit)``, whose 0.5 sits wherever the shadow zoo's balance put
+    it: 7 of 50 clean mnist organisms were above it for ULP. By default the logit is judged
+    against clean references, which share no training seed with the shadow zoo.
     """
 
     access = Access.WEIGHTS
+    # The meta-classifier is a fit: there is no rule without one.
+    without_fit: ClassVar[dict[str, Any] | None] = None
 
     def __init__(
         self,
@@ -131,7 +139,12 @@ class QueryTunedDetector(FittedAuditor):
         steps: int = 100,
         lr: float = 1e-2,
         folds: int = 4,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
         self.n_shadow = n_shadow
         self.fit_seed = fit_seed
         self.n_queries = n_queries
@@ -151,7 +164,7 @@ class QueryTunedDetector(FittedAuditor):
         """A penalty on the learned inputs, added to the loss; none by default."""
         return queries.new_zeros(())
 
-    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
+    def fit_detector(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
         if self.folds < 2:
             raise ValueError(f"folds must be at least 2 to validate the fit, not {self.folds}")
         family_cls = registry.get("family", family)
@@ -216,7 +229,7 @@ class QueryTunedDetector(FittedAuditor):
         logit: torch.Tensor = head(features).squeeze(-1)
         return logit
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         fitted = self.require_fitted()
         queries = fitted["queries"]
         shape = tuple(int(v) for v in subject.card.input_shape)
@@ -246,7 +259,9 @@ class QueryTunedDetector(FittedAuditor):
             "n_shadow_backdoored": int(fitted["n_backdoored"]),
             "witness": f"none: {self.name} scores the model, it does not reconstruct a trigger",
         }
-        return Verdict(p_violation=float(torch.sigmoid(logit)), evidence=evidence)
+        return Verdict(
+            p_violation=float(torch.sigmoid(logit)), evidence=evidence, statistic=float(logit)
+        )
 
 
 @auditor("mntd")
@@ -270,6 +285,10 @@ class MNTD(QueryTunedDetector):
         steps: int = 100,
         lr: float = 1e-2,
         folds: int = 4,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         super().__init__(
             n_shadow=n_shadow,
@@ -278,6 +297,10 @@ class MNTD(QueryTunedDetector):
             steps=steps,
             lr=lr,
             folds=folds,
+            calibrate=calibrate,
+            n_reference=n_reference,
+            reference_seed=reference_seed,
+            null_fpr=null_fpr,
         )
         self.hidden = hidden
 

@@ -37,17 +37,17 @@ label leaves the batch, and the search ends when every label has stopped.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import FittedAuditor, Verdict, anomaly_index, logistic
+from auditgame.auditors.base import Verdict, anomaly_index, logistic
+from auditgame.auditors.calibrated import Calibrated, reference_subjects
 from auditgame.image.kind import within_threat
 from auditgame.image.trigger import Trigger
 from auditgame.registry import auditor
@@ -55,8 +55,6 @@ from auditgame.subject import Subject
 
 # Keeps tanh(.)/(2 - eps) + 0.5 strictly inside (0, 1), so arctanh of the initial value exists.
 _TANH_EPS = 1e-6
-# Euler-Mascheroni constant: the mean of a standard Gumbel variable.
-_EULER_GAMMA = 0.5772156649015329
 # The MAD of a normal variable is 1/1.4826 of its standard deviation.
 _MAD_TO_SD = 1.4826
 
@@ -172,9 +170,9 @@ def fit_label_null(log_l1: np.ndarray) -> dict[str, torch.Tensor]:
     happened to come out small (on the digits shadow zoo a pooled scale also separated better).
     A model's score for label ``l`` is ``z_l = (location_l - log l1_l) / scale`` (positive:
     smaller than a clean model's mask) and its statistic is ``max_l z_l``. The null of that
-    maximum is taken leave-one-out, each reference scored against the null of the others as a
-    fresh clean model would be, and a Gumbel law (the law of a maximum) is fitted to it by
-    moments; with few references its tail, not their empirical quantile, sets ``p_violation``.
+    statistic (``null``, judged by ``auditors.calibrated.null_tail``) is taken leave-one-out:
+    each reference scored against the location and scale of the others, as a fresh clean
+    model would be.
     """
     log_l1 = np.asarray(log_l1, dtype=np.float64)
     if log_l1.ndim != 2 or log_l1.shape[0] < 3:
@@ -187,14 +185,10 @@ def fit_label_null(log_l1: np.ndarray) -> dict[str, torch.Tensor]:
         others = np.delete(log_l1, r, axis=0)
         loc_r, scale_r = _location_scale(others)
         loo[r] = np.max((loc_r - log_l1[r]) / scale_r)
-    sd = max(float(np.std(loo, ddof=1)), 1e-6)
-    gumbel_scale = sd * math.sqrt(6) / math.pi
-    gumbel_loc = float(np.mean(loo)) - _EULER_GAMMA * gumbel_scale
     return {
         "location": torch.as_tensor(location, dtype=torch.float64),
         "scale": torch.tensor([scale], dtype=torch.float64),
-        "null_max": torch.as_tensor(loo, dtype=torch.float64),
-        "gumbel": torch.tensor([gumbel_loc, gumbel_scale], dtype=torch.float64),
+        "null": torch.as_tensor(loo, dtype=torch.float64),
     }
 
 
@@ -204,13 +198,8 @@ def _location_scale(log_l1: np.ndarray) -> tuple[np.ndarray, float]:
     return location, max(scale, 1e-6)
 
 
-def gumbel_tail(statistic: float, loc: float, scale: float) -> float:
-    """``P(S >= statistic)`` for a Gumbel variable ``S`` with location and scale."""
-    return float(-np.expm1(-np.exp(-(statistic - loc) / scale)))
-
-
 @auditor("neural_cleanse")
-class NeuralCleanse(FittedAuditor):
+class NeuralCleanse(Calibrated):
     """Neural Cleanse over all labels in one batched optimisation.
 
     Args:
@@ -229,15 +218,8 @@ class NeuralCleanse(FittedAuditor):
             has local minima: on one digits badnets organism (a 2x2 patch) a single start
             landed on a natural L1-7 trigger for the target, instead of the planted patch
             (L1 3.3), in one of three seeds; with two starts, also one of three.
-        calibrate: judge the norms against a per-label null from clean reference models
-            (needs ``auditgame.fitting.ensure_fitted``); False: the paper's anomaly index.
-        n_reference: organisms in the shadow zoo (half of them clean; only those are used).
-            64, not the 32 ``mntd`` and ``ulp`` share: with 16 clean references the Gumbel
-            tail is extrapolated from too few maxima, and on the seed-11 image leaderboard
-            the calibrated rule flagged 4/50 clean digits and 13/50 clean mnist organisms.
-        fit_seed: the shadow zoo's seed, in the shadow namespace (``fitting.shadow_seed``).
-        null_fpr: with ``calibrate``, the null tail probability at which ``p_violation`` is
-            0.5: the designed false-positive rate at the threshold 0.5.
+        calibrate, n_reference, reference_seed, null_fpr: the calibration
+            (``auditors.calibrated.Calibrated``); False: the paper's anomaly index.
         anomaly_threshold: without ``calibrate``, the anomaly index at which ``p_violation``
             is 0.5 (paper: 2).
         slope: without ``calibrate``, ``p = logistic(slope * (index - anomaly_threshold))``.
@@ -249,18 +231,15 @@ class NeuralCleanse(FittedAuditor):
     Such labels sit at the top of the distribution and can never be flagged.
 
     The calibrated verdict: each label's log norm is standardised against the per-label null
-    (``fit_label_null``), the most anomalous label is the target, and with ``tau`` the
-    fitted null's tail probability of that maximum, ``p_violation = null_fpr / (null_fpr +
-    tau)``: 0.5 exactly where a clean model reaches the statistic with probability
-    ``null_fpr``, and the odds of a violation are ``null_fpr / tau``. The reference organisms
-    come from ``fitting.shadow_zoo``, whose seeds lie in a namespace of their own, so they are
-    disjoint from any evaluated zoo; the auditor trained them, so it reads their secrets to
-    keep the clean ones.
+    (``fit_label_null``), the most anomalous label is the target, and that maximum is the
+    statistic, judged against the references' leave-one-out maxima like every calibrated
+    auditor's (``p_violation = null_fpr / (null_fpr + tail)``). A Gumbel law fitted by moments
+    to 32 such maxima, as before, flagged 4/50 clean digits and 2/30 clean mnist organisms at
+    a designed 5%: its tail is extrapolated from too few maxima. Without ``calibrate`` the
+    statistic is the largest one-sided anomaly index, the paper's.
     """
 
     access = Access.CLEAN_DATA
-    # The paper's rule, which needs no reference models.
-    without_fit: ClassVar[dict[str, Any] | None] = {"calibrate": False}
 
     def __init__(
         self,
@@ -277,13 +256,12 @@ class NeuralCleanse(FittedAuditor):
         restarts: int = 1,
         calibrate: bool = True,
         n_reference: int = 64,
-        fit_seed: int = 0,
-        null_fpr: float = 0.05,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
         anomaly_threshold: float = 2.0,
         slope: float = 2.0,
     ) -> None:
-        if not 0 < null_fpr < 1:
-            raise ValueError(f"null_fpr is a probability in (0, 1), got {null_fpr}")
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
         self.steps = steps
         self.batch_size = batch_size
         self.lr = lr
@@ -294,39 +272,20 @@ class NeuralCleanse(FittedAuditor):
         self.early_stop_patience = early_stop_patience
         self.early_stop_threshold = early_stop_threshold
         self.restarts = restarts
-        self.calibrate = calibrate
-        self.n_reference = n_reference
-        self.fit_seed = fit_seed
-        self.null_fpr = null_fpr
         self.anomaly_threshold = anomaly_threshold
         self.slope = slope
 
     def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
-        """Run the search on the clean organisms of a shadow zoo; nothing without calibrate."""
+        """Run the search on the clean references; nothing without calibrate."""
         if not self.calibrate:
             return {}
-        # Imported here: these modules import the auditors package, which imports this one.
-        from auditgame.fitting import shadow_zoo
-        from auditgame.run.task import make_subject
-        from auditgame.zoo import Zoo, open_key
-
-        zoo = Zoo(shadow_zoo(family, self.n_reference, self.fit_seed, workdir))
-        key = open_key(zoo, None)
-        clean = [oid for oid in zoo.ids if not zoo.secret(oid, key).backdoored]
-        if len(clean) < 3:
-            raise ValueError(
-                f"the shadow zoo has {len(clean)} clean organisms; the null needs at least 3 "
-                f"(raise n_reference, now {self.n_reference})"
-            )
-        budget = Budget()
-        log_l1 = []
-        for index, oid in enumerate(clean):
-            subject = make_subject(zoo.organism(oid), self.access, budget)
-            result = self.reverse_engineer(subject, budget, np.random.default_rng(index))
-            log_l1.append(np.log(result.l1))
+        log_l1 = [
+            np.log(self.reverse_engineer(subject, Budget(), np.random.default_rng(index)).l1)
+            for index, subject in enumerate(reference_subjects(self, family, workdir))
+        ]
         return fit_label_null(np.stack(log_l1))
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         null = self.require_fitted() if self.calibrate else None
         result = self.reverse_engineer(subject, budget, rng)
         index = anomaly_index(result.l1)
@@ -346,11 +305,10 @@ class NeuralCleanse(FittedAuditor):
         }
         if null is None:
             flagged = int(np.argmax(one_sided))
-            score = float(one_sided[flagged])
+            statistic = float(one_sided[flagged])
             # The witness: the flagged label's trigger, or the smallest-norm one when none is
             # below the median (all norms equal); the judge measures it either way.
-            target = flagged if score > 0 else int(np.argmin(result.l1))
-            p_violation = logistic(self.slope * (score - self.anomaly_threshold))
+            target = flagged if statistic > 0 else int(np.argmin(result.l1))
         else:
             location, scale = null["location"].numpy(), float(null["scale"])
             if location.shape != result.l1.shape:
@@ -361,20 +319,18 @@ class NeuralCleanse(FittedAuditor):
             z = (location - np.log(result.l1)) / scale
             target = int(np.argmax(z))
             statistic = float(z[target])
-            gumbel_loc, gumbel_scale = (float(v) for v in null["gumbel"])
-            tail = gumbel_tail(statistic, gumbel_loc, gumbel_scale)
-            p_violation = self.null_fpr / (self.null_fpr + tail)
-            evidence |= {
-                "z": [float(v) for v in z],
-                "statistic": statistic,
-                "null_tail": tail,
-                "null_rank": float(np.mean(null["null_max"].numpy() >= statistic)),
-            }
+            evidence["z"] = [float(v) for v in z]
         found = Trigger(result.masks[target], result.patterns[target])
         # The witness, projected into the spec's bound if the soft mask ran over it.
         trigger = within_threat(subject.card.spec.threat_model, found)
         evidence["witness_l1"] = [found.l1, trigger.l1]
-        return Verdict(p_violation=p_violation, target=target, trigger=trigger, evidence=evidence)
+        return Verdict(
+            p_violation=logistic(self.slope * (statistic - self.anomaly_threshold)),
+            target=target,
+            trigger=trigger,
+            evidence=evidence,
+            statistic=statistic,
+        )
 
     def reverse_engineer(
         self, subject: Subject, budget: Budget, rng: np.random.Generator

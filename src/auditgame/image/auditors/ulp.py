@@ -57,6 +57,10 @@ class ULP(QueryTunedDetector):
         steps: int = 100,
         lr: float = 1e-2,
         folds: int = 4,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         super().__init__(
             n_shadow=n_shadow,
@@ -65,6 +69,10 @@ class ULP(QueryTunedDetector):
             steps=steps,
             lr=lr,
             folds=folds,
+            calibrate=calibrate,
+            n_reference=n_reference,
+            reference_seed=reference_seed,
+            null_fpr=null_fpr,
         )
         self.tv_weight = tv_weight
 
