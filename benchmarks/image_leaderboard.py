@@ -4,10 +4,12 @@ For each family (``digits``, ``mnist``) builds (or reuses) a zoo of ``--n`` orga
 clean and the other half shared among the attacks, plays every auditor that examines the
 family (static and dynamic, fitted ones fitted first on their own shadow zoos), and writes
 
-- ``benchmarks/results/image_leaderboard_<family>_n<N>_s<S>.md``: one row per auditor and
-  attack with AUROC [95% bootstrap CI], TPR at 5% FPR, false-positive rate at the default
-  threshold, cross-entropy, target accuracy, witness ASR, mask IoU and seconds per organism;
-  then each auditor's clean false-positive rate with its Wilson interval;
+- ``benchmarks/results/image_leaderboard_<family>_n<N>_s<S>.md``: what each attack planted
+  (median held-out ASR and clean accuracy, with the clean organisms' for comparison); the
+  best static AUROC per attack; one row per auditor and attack with AUROC [95% bootstrap
+  CI], TPR at 5% FPR, false-positive rate at the default threshold, cross-entropy, target
+  accuracy, witness ASR, mask IoU and seconds per organism; then each auditor's clean
+  false-positive rate with its Wilson interval;
 - ``benchmarks/results/image_leaderboard_<family>_n<N>_s<S>/report.html``: the HTML report.
 
 Interrupted runs resume: the zoo build and the game both pick up where they stopped.
@@ -22,6 +24,8 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
+
 from auditgame import metrics, registry
 from auditgame.access import Budget
 from auditgame.game import AuditorSpec, Game, play
@@ -29,6 +33,7 @@ from auditgame.leaderboard import LeaderRow, leaderboard
 from auditgame.provenance import git_revision, package_version
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
+from auditgame.secret import Secret
 from auditgame.store import Store
 from auditgame.zoo import build_zoo, open_key
 
@@ -67,6 +72,46 @@ def table(rows: list[LeaderRow]) -> list[str]:
     return lines
 
 
+def planted(secrets: list[Secret]) -> list[str]:
+    """What each attack planted: medians over its organisms of the held-out ASR and clean
+    accuracy, beside the clean organisms' accuracy."""
+    lines = [
+        "## What was planted",
+        "",
+        "| attack | organisms | median ASR | median clean accuracy |",
+        "|---|---|---|---|",
+    ]
+    by_attack: dict[str, list[Secret]] = {}
+    for secret in secrets:
+        by_attack.setdefault(secret.attack or "clean", []).append(secret)
+    for name, group in sorted(by_attack.items()):
+        asr = [s.asr for s in group if s.asr is not None]
+        accuracy = [s.clean_accuracy for s in group if s.clean_accuracy is not None]
+        lines.append(
+            f"| {name} | {len(group)} | {fmt(float(np.median(asr)) if asr else None)} "
+            f"| {fmt(float(np.median(accuracy)) if accuracy else None, 4)} |"
+        )
+    return lines
+
+
+def best_static(rows: list[LeaderRow]) -> list[str]:
+    """Per attack, the static auditor with the highest AUROC (the issue's headline)."""
+    lines = [
+        "## Best static AUROC per attack",
+        "",
+        "| attack | auditor | AUROC [95% CI] |",
+        "|---|---|---|",
+    ]
+    for attack in sorted({r.attack for r in rows}):
+        static = [r for r in rows if r.attack == attack and not r.dynamic and r.auroc is not None]
+        if not static:
+            continue
+        best = max(static, key=lambda r: r.auroc or 0.0)
+        ci = f" [{best.auroc_ci[0]:.2f}, {best.auroc_ci[1]:.2f}]" if best.auroc_ci else ""
+        lines.append(f"| {attack} | {best.auditor} | {fmt(best.auroc)}{ci} |")
+    return lines
+
+
 def run_family(family: str, args: argparse.Namespace) -> Path:
     # A run on other attacks builds another zoo, and one on fewer auditors writes another
     # table: neither may reuse or overwrite the full run's.
@@ -97,6 +142,8 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
         write_report(store, report_dir, game_id)
 
     rows = leaderboard(scores)
+    key = open_key(zoo, None)
+    secrets = [zoo.secret(oid, key) for oid in zoo.ids]
     lines = [
         f"# Image leaderboard: {family}",
         "",
@@ -109,6 +156,12 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
         "floor); each attack's row compares its backdoored organisms with all clean ones. "
         "Dynamic baselines see run-time traffic (10% triggered; decoy triggers on clean "
         "organisms) and are ranked apart.",
+        "",
+        *planted(secrets),
+        "",
+        *best_static(rows),
+        "",
+        "## Every auditor",
         "",
         *table(rows),
         "",

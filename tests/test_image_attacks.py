@@ -47,9 +47,10 @@ def digits():
 
 
 @cache
-def planted(name: str) -> Planted:
-    """One digits organism per attack, planted once for the whole module."""
-    return registry.get("attack", name)().plant(digits(), np.random.default_rng(SEED), SEED)
+def planted(name: str, **params: object) -> Planted:
+    """One digits organism per attack (and parameters), planted once for the whole module."""
+    attack = registry.get("attack", name)(**params)
+    return attack.plant(digits(), np.random.default_rng(SEED), SEED)
 
 
 def success(model: nn.Module, trigger: dict, data: Dataset, targets: torch.Tensor) -> float:
@@ -195,8 +196,8 @@ def test_warp_noise_mode_keeps_the_true_labels() -> None:
     assert not torch.allclose(x[noisy], draw.trigger.apply(train.x[noisy]))
 
 
-def test_weight_surgery_rewrites_only_the_units_it_names() -> None:
-    fam, organism = digits(), planted("weight_surgery")
+def test_handcrafted_weight_surgery_rewrites_only_the_units_it_names() -> None:
+    fam, organism = digits(), planted("weight_surgery", norm_matched=False)
     secret = organism.secret
     assert secret.poison_rate is None and secret.target is not None
     splits = fam.data()
@@ -235,6 +236,46 @@ def test_weight_surgery_rewrites_only_the_units_it_names() -> None:
     assert secret.params["clean_accuracy_drop"] == pytest.approx(
         accuracy(clean, splits.test) - secret.clean_accuracy, abs=1e-4
     )
+
+
+def test_norm_matched_surgery_stays_inside_the_trained_layers_bounds() -> None:
+    """The default surgery changes only the rows it names (and the head's target row at the
+    route's hidden units), each within the trained row's norm, the layer's largest weight and
+    its bias range; the rest of the model is the trained clean one, and the backdoor works."""
+    fam, organism = digits(), planted("weight_surgery")
+    secret = organism.secret
+    assert secret.params["norm_matched"] and secret.target is not None
+    splits = fam.data()
+    clean = fam.train(splits.train.x, splits.train.y, SEED + secret.attempts - 1)
+    before, after = clean.state_dict(), organism.model.state_dict()
+    rows: dict[str, list[int]] = {}
+    for r in secret.params["rewritten"]:
+        rows.setdefault(r["layer"], []).append(r["unit"])
+    assert rows.pop("head") == [secret.target]
+    layers = list(rows)
+    assert [len(rows[name]) for name in layers] == [1, 2, 16]
+    for name in layers:
+        weight, trained = after[f"{name}.weight"].flatten(1), before[f"{name}.weight"].flatten(1)
+        bias, trained_bias = after[f"{name}.bias"], before[f"{name}.bias"]
+        others = [u for u in range(len(weight)) if u not in rows[name]]
+        assert torch.equal(weight[others], trained[others]) and torch.equal(
+            bias[others], trained_bias[others]
+        )
+        for unit in rows[name]:
+            assert float(weight[unit].norm()) <= float(trained[unit].norm()) + 1e-5
+        assert float(weight.abs().max()) <= float(trained.abs().max()) + 1e-6
+        assert float(trained_bias.min()) - 1e-6 <= float(bias.min())
+        assert float(bias.max()) <= float(trained_bias.max()) + 1e-6
+    head, trained_head = after["head.weight"], before["head.weight"]
+    changed = torch.nonzero(head != trained_head).tolist()
+    assert {tuple(c) for c in changed} <= {(secret.target, u) for u in rows[layers[-1]]}
+    assert float(head.norm(dim=1).max()) <= float(trained_head.norm(dim=1).max()) + 1e-5
+    assert torch.equal(after["head.bias"], before["head.bias"])
+    assert secret.asr >= 0.9
+    assert (
+        success(organism.model, secret.trigger or {}, splits.test, one_target(secret.target)) >= 0.9
+    )
+    assert secret.params["clean_accuracy_drop"] <= secret.params["max_accuracy_drop"]
 
 
 def test_adaptive_counterexamples_grow_the_smallest_working_mask() -> None:

@@ -564,9 +564,14 @@ class Route:
                 weight[mask] = weight[mask].clamp(-magnitude, magnitude)
                 bias[bias_mask] = bias[bias_mask].clamp(low, high)
                 for unit in self.rows[k]:
-                    norm = weight[unit].norm()
-                    if norm > norms[unit]:
-                        weight[unit] *= norms[unit] / norm
+                    # Only the free entries shrink (all of a route row; in the head, the
+                    # target row's entries at the route), so the rest stays as trained.
+                    free = mask[unit]
+                    fixed = float(weight[unit][~free].square().sum())
+                    room = max(float(norms[unit]) ** 2 - fixed, 0.0) ** 0.5
+                    norm = float(weight[unit][free].norm())
+                    if norm > room:
+                        weight[unit][free] *= room / norm
 
     @contextmanager
     def watch(self) -> Iterator[list[torch.Tensor]]:

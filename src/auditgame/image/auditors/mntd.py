@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,7 +55,13 @@ class ShadowSet:
     labels: torch.Tensor
 
 
-def load_shadow_set(family: str, n_shadow: int, fit_seed: int, workdir: Path) -> ShadowSet:
+def load_shadow_set(
+    family: str,
+    n_shadow: int,
+    fit_seed: int,
+    workdir: Path,
+    attacks: Sequence[str] = ("jumbo",),
+) -> ShadowSet:
     """Build (or reuse) the shadow zoo and read every organism with its label.
 
     The auditor built this zoo itself, so reading its secrets is reading its own training
@@ -63,7 +70,7 @@ def load_shadow_set(family: str, n_shadow: int, fit_seed: int, workdir: Path) ->
     # Imported here: ``auditgame.fitting`` imports the auditors package, which imports this.
     from auditgame.fitting import shadow_zoo
 
-    zoo = Zoo(shadow_zoo(family, n_shadow, fit_seed, workdir))
+    zoo = Zoo(shadow_zoo(family, n_shadow, fit_seed, workdir, attacks=attacks))
     key = open_key(zoo, None)
     models = [zoo.organism(oid).model() for oid in zoo.ids]
     labels = torch.tensor([float(zoo.secret(oid, key).backdoored) for oid in zoo.ids])
@@ -111,8 +118,11 @@ class QueryTunedDetector(Calibrated):
     shadow zoo. Subclasses choose the head, the feature map and the inputs' regulariser.
 
     Args:
-        n_shadow: shadow organisms to build (half backdoored by ``jumbo``); plantings that
-            fail their floor are dropped, so a few less may be used.
+        n_shadow: shadow organisms to build (half backdoored by ``shadow_attacks``);
+            plantings that fail their floor are dropped, so a few less may be used.
+        shadow_attacks: the attacks that share the shadow zoo's backdoored half (the paper's
+            jumbo learning by default; naming an attack outside jumbo's distribution, as
+            ``weight_surgery``, measures whether the meta-classifier learns it too).
         fit_seed: seeds the shadow zoo, the folds and every initialisation.
         n_queries: learned inputs.
         steps: full-batch Adam steps per training run.
@@ -135,6 +145,7 @@ class QueryTunedDetector(Calibrated):
         *,
         n_shadow: int = 32,
         fit_seed: int = 0,
+        shadow_attacks: Sequence[str] = ("jumbo",),
         n_queries: int = 10,
         steps: int = 100,
         lr: float = 1e-2,
@@ -147,6 +158,7 @@ class QueryTunedDetector(Calibrated):
         self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
         self.n_shadow = n_shadow
         self.fit_seed = fit_seed
+        self.shadow_attacks = tuple(shadow_attacks)
         self.n_queries = n_queries
         self.steps = steps
         self.lr = lr
@@ -170,7 +182,7 @@ class QueryTunedDetector(Calibrated):
         family_cls = registry.get("family", family)
         shape = tuple(int(v) for v in family_cls.input_shape)
         n_classes = len(family_cls.classes)
-        shadow = load_shadow_set(family, self.n_shadow, self.fit_seed, workdir)
+        shadow = load_shadow_set(family, self.n_shadow, self.fit_seed, workdir, self.shadow_attacks)
         stacked = StackedModels(shadow.models)
         labels = shadow.labels
         rng = np.random.default_rng([self.fit_seed, 1])
@@ -280,6 +292,7 @@ class MNTD(QueryTunedDetector):
         *,
         n_shadow: int = 32,
         fit_seed: int = 0,
+        shadow_attacks: Sequence[str] = ("jumbo",),
         n_queries: int = 10,
         hidden: int = 20,
         steps: int = 100,
@@ -293,6 +306,7 @@ class MNTD(QueryTunedDetector):
         super().__init__(
             n_shadow=n_shadow,
             fit_seed=fit_seed,
+            shadow_attacks=shadow_attacks,
             n_queries=n_queries,
             steps=steps,
             lr=lr,

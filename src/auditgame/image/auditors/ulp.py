@@ -20,6 +20,8 @@ log-probabilities, where a prototype on raw logits, trained the same way, sat at
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -52,6 +54,7 @@ class ULP(QueryTunedDetector):
         *,
         n_shadow: int = 32,
         fit_seed: int = 0,
+        shadow_attacks: Sequence[str] = ("jumbo",),
         n_queries: int = 10,
         tv_weight: float = 1e-3,
         steps: int = 100,
@@ -65,6 +68,7 @@ class ULP(QueryTunedDetector):
         super().__init__(
             n_shadow=n_shadow,
             fit_seed=fit_seed,
+            shadow_attacks=shadow_attacks,
             n_queries=n_queries,
             steps=steps,
             lr=lr,
