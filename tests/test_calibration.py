@@ -10,6 +10,7 @@ them takes most of a minute on two cores, so those tests are marked slow
 from __future__ import annotations
 
 import itertools
+import json
 import os
 from pathlib import Path
 
@@ -18,12 +19,16 @@ import pytest
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.calibrated import null_tail
+from auditgame.cache import cache_dir
 from auditgame.finding import Finding
 from auditgame.fitting import ensure_fitted, fit_here
+from auditgame.game import AuditorSpec, Game, play
 from auditgame.image.auditors.neural_cleanse import NeuralCleanse, fit_label_null
 from auditgame.image.auditors.weight_stats import WeightStats
 from auditgame.metrics import DEFAULT_THRESHOLD
+from auditgame.run.local import LocalExecutor
 from auditgame.run.task import make_subject
+from auditgame.store import Store
 from auditgame.zoo import Zoo
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
@@ -141,9 +146,8 @@ def _audit(tiny_zoo, auditor: NeuralCleanse, role: str) -> list[tuple[str, Findi
 @pytest.mark.slow
 def test_fit_uses_only_its_own_clean_references(tiny_zoo, fitted) -> None:
     auditor, root = fitted
-    made = [p.name for p in (root / "digits" / "work").iterdir() if p.is_dir()]
-    assert made == [f"references-n{N_REFERENCE}-s0"]
-    references = Zoo(root / "digits" / "work" / made[0])
+    assert not (root / "digits" / "work").exists() or not any((root / "digits" / "work").iterdir())
+    references = Zoo(cache_dir() / f"references-digits-n{N_REFERENCE}-s0")
     assert len(references.ids) == N_REFERENCE and not set(references.ids) & set(tiny_zoo.zoo.ids)
     null = auditor.fitted
     assert null is not None
@@ -155,10 +159,11 @@ def test_auditors_share_the_references(tiny_zoo, fitted) -> None:
     """weight_stats calibrates on the references Neural Cleanse's fit trained, and judges
     them by its own statistic."""
     _, root = fitted
-    made = sorted((root / "digits" / "work").iterdir())
+    references = cache_dir() / f"references-digits-n{N_REFERENCE}-s0"
+    before = _snapshot(references)
     auditor = WeightStats(n_reference=N_REFERENCE)
     fit_here(auditor, "digits", root)
-    assert sorted((root / "digits" / "work").iterdir()) == made
+    assert _snapshot(references) == before
     assert auditor.fitted is not None and auditor.fitted["null"].shape == (N_REFERENCE,)
     organism = tiny_zoo.zoo.organism(tiny_zoo.by_role("clean")[0])
     finding = auditor.audit(make_subject(organism, Access.WEIGHTS, BUDGET), BUDGET)
@@ -196,3 +201,21 @@ def test_calibrated_verdicts_on_the_fixture(tiny_zoo, fitted) -> None:
     for _, clean in _audit(tiny_zoo, auditor, "clean"):
         assert clean.error is None
         assert clean.p_violation < DEFAULT_THRESHOLD
+
+
+def test_a_game_calibrates_in_the_sandbox_on_references_the_referee_built(
+    tiny_zoo, tmp_path: Path
+) -> None:
+    """The referee trains the clean references into the cache; the sandboxed fit reads them
+    from its read-only view and every finding is judged against them."""
+    spec = AuditorSpec(name="weight_stats", params={"n_reference": 3, "reference_seed": 7})
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[spec])
+    with Store(tmp_path / "r.sqlite") as store:
+        game_id = play(game, tiny_zoo.key, store, LocalExecutor(workers=1))
+        rows = store.rows(game_id)
+    assert Zoo(cache_dir() / "references-digits-n3-s7").ids
+    assert len(rows) == len(tiny_zoo.zoo.ids)
+    for row in rows:
+        evidence = json.loads(row["finding_json"])["evidence"]
+        assert row["error"] is None and evidence["n_reference"] == 3
+        assert 0.0 < evidence["null_tail"] <= 1.0

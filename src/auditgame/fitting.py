@@ -122,18 +122,28 @@ def shadow_zoo(
     return out
 
 
-def reference_zoo(
-    family: str, n: int, seed: int, workdir: Path, *, workers: int | None = None
-) -> Path:
-    """Build (or reuse) ``n`` clean reference models of ``family`` under ``workdir``.
+MAX_REFERENCES = 1024
+"""The most clean references the referee trains for one auditor's calibration."""
+
+
+def reference_zoo(family: str, n: int, seed: int, *, workers: int | None = None) -> Path:
+    """Build (or reuse) ``n`` clean reference models of ``family`` in the per-user cache.
 
     The family's public recipe from seeds of their own namespace: what a clean organism of the
     family looks like, the null every ``Calibrated`` auditor is judged against. One set per
-    (family, n, seed), shared by every auditor that calibrates on it.
+    (family, n, seed), shared by every auditor, game and audit that calibrates on it: a game's
+    referee builds it before fitting (``references_needed``), and each sandboxed fit reads it
+    from its read-only view of the cache. Nothing in it is secret: every organism is clean
+    and the seeds are public.
     """
-    from auditgame.zoo import build_zoo
+    from auditgame.cache import cache_dir
+    from auditgame.zoo import MANIFEST, Manifest, build_zoo
 
-    out = Path(workdir) / f"references-n{n}-s{seed}"
+    out = cache_dir() / f"references-{family}-n{n}-s{seed}"
+    manifest = out / MANIFEST
+    # A finished set is only read: a sandbox sees it read-only.
+    if manifest.is_file() and Manifest.model_validate_json(manifest.read_bytes()).complete:
+        return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out.with_name(out.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -146,3 +156,19 @@ def reference_zoo(
             workers=workers or os.cpu_count() or 1,
         )
     return out
+
+
+def references_needed(params: dict[str, object]) -> tuple[int, int] | None:
+    """The (n_reference, reference_seed) a calibrated auditor with these (normalised)
+    parameters fits on, or None: read as data, so the referee can build the references
+    without running the auditor's code.
+
+    Raises:
+        ValueError: a calibrated auditor asks for more than ``MAX_REFERENCES`` references.
+    """
+    n, seed = params.get("n_reference"), params.get("reference_seed")
+    if params.get("calibrate") is not True or not isinstance(n, int) or not isinstance(seed, int):
+        return None
+    if not 3 <= n <= MAX_REFERENCES:
+        raise ValueError(f"n_reference must be in [3, {MAX_REFERENCES}], got {n}")
+    return n, seed

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict
 
 from auditgame import registry
 from auditgame.access import Budget
+from auditgame.fitting import reference_zoo, references_needed
 from auditgame.provenance import code_fingerprint
 from auditgame.run.base import Executor
 from auditgame.run.sealed import AuditorInfo, Fit, auditor_info, sealed_fit
@@ -141,6 +142,11 @@ def play(
     for spec in game.auditors:
         info = infos[spec.name]
         if info.fitted and info.supports and any((o, spec.name) not in done for o in zoo.ids):
+            # Clean references are public and shared: built here once, read by the sandboxed
+            # fit from its view of the cache (a sandbox's own builds die with it).
+            needed = references_needed(info.params)
+            if needed is not None:
+                reference_zoo(zoo.family, *needed)
             fits[spec.name] = sealed_fit(info, zoo.family, fits_folder, hidden)
 
     secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}

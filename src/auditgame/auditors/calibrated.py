@@ -5,8 +5,9 @@ transfer: set on digits, K-Arm's mask-size bound flagged 50 of 50 clean mnist or
 weight_stats's anomaly index 27 of 50 (seed-11 image leaderboard). What a clean model of a
 family scores is measurable, so a ``Calibrated`` auditor measures it: its fitting stage runs
 the detector on ``n_reference`` clean models trained by the family's public recipe
-(``fitting.reference_zoo``: one set per family, shared by every calibrated auditor, from seeds
-disjoint from every evaluated and shadow zoo) and keeps their statistics as the null.
+(``fitting.reference_zoo``: one set per family in the per-user cache, shared by every
+calibrated auditor, game and audit, from seeds disjoint from every evaluated and shadow
+zoo) and keeps their statistics as the null.
 
 An organism's statistic ``s`` is then judged by its conformal p-value against that null: with
 ``n`` references, ``(1 + #{null >= s}) / (n + 1)`` is the probability that a fresh clean model
@@ -116,7 +117,7 @@ class Calibrated(FittedAuditor):
         if not self.calibrate:
             return tensors
         self.load_fitted(tensors)
-        null = self.null_statistics(reference_subjects(self, family, workdir))
+        null = self.null_statistics(reference_subjects(self, family))
         return tensors | {"null": torch.as_tensor(np.asarray(null, dtype=np.float64))}
 
     def null_statistics(self, references: Iterator[Subject]) -> np.ndarray:
@@ -150,13 +151,13 @@ class Calibrated(FittedAuditor):
         return float(verdict.statistic)
 
 
-def reference_subjects(auditor: Calibrated, family: str, workdir: Path) -> Iterator[Subject]:
+def reference_subjects(auditor: Calibrated, family: str) -> Iterator[Subject]:
     """The clean references of ``family`` as subjects at the auditor's access."""
     # Imported here: these modules import the auditors package, which imports this one.
     from auditgame.fitting import reference_zoo
     from auditgame.run.task import make_subject
     from auditgame.zoo import Zoo
 
-    zoo = Zoo(reference_zoo(family, auditor.n_reference, auditor.reference_seed, workdir))
+    zoo = Zoo(reference_zoo(family, auditor.n_reference, auditor.reference_seed))
     for oid in zoo.ids:
         yield make_subject(zoo.organism(oid), auditor.access, Budget())

@@ -281,7 +281,7 @@ class NeuralCleanse(Calibrated):
             return {}
         log_l1 = [
             np.log(self.reverse_engineer(subject, Budget(), np.random.default_rng(index)).l1)
-            for index, subject in enumerate(reference_subjects(self, family, workdir))
+            for index, subject in enumerate(reference_subjects(self, family))
         ]
         return fit_label_null(np.stack(log_l1))
 
