@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.calibrated import null_tail
+from auditgame.auditors.calibrated import null_tail, null_tails
 from auditgame.cache import cache_dir
 from auditgame.finding import Finding
 from auditgame.fitting import ensure_fitted, fit_here
@@ -45,7 +45,7 @@ def _flag_rate(draw, n: int, fpr: float, trials: int = 400, fresh: int = 200) ->
     flagged = 0
     for _ in range(trials):
         null = draw(rng, n)
-        tails = np.array([null_tail(s, null) for s in draw(rng, fresh)])
+        tails = null_tails(draw(rng, fresh), null)
         flagged += int(np.sum(fpr / (fpr + tails) >= DEFAULT_THRESHOLD))
     return flagged / (trials * fresh)
 

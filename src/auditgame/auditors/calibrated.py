@@ -50,22 +50,28 @@ def null_tail(statistic: float, null: np.ndarray) -> float:
     Raises:
         ValueError: fewer than 2 references, or a statistic that is not a finite number.
     """
+    return float(null_tails(np.array([statistic], dtype=np.float64), null)[0])
+
+
+def null_tails(statistics: np.ndarray, null: np.ndarray) -> np.ndarray:
+    """``null_tail`` of each of ``statistics`` against the same null."""
     null = np.sort(np.asarray(null, dtype=np.float64).ravel())
+    statistics = np.asarray(statistics, dtype=np.float64)
     if len(null) < 2 or not np.all(np.isfinite(null)):
         raise ValueError(f"a null needs at least 2 finite reference statistics, got {null}")
-    if not np.isfinite(statistic):
-        raise ValueError(f"the statistic must be a finite number, got {statistic}")
+    if not np.all(np.isfinite(statistics)):
+        raise ValueError(f"the statistic must be a finite number, got {statistics}")
     n = len(null)
     values, first = np.unique(null, return_index=True)
     # At each distinct value v, #{null >= v} is n minus the references below it.
     tails = (1.0 + n - first) / (n + 1.0)
-    if statistic <= values[-1]:
-        return float(np.interp(statistic, values, tails, left=1.0))
     upper = np.quantile(null, 0.75)
     excess = null[null > upper] - upper
     spread = float(excess.mean()) if len(excess) else 0.0
     scale = max(spread, 1e-6 * max(1.0, abs(float(values[-1]))))
-    return float(tails[-1] * np.exp(-(statistic - values[-1]) / scale))
+    inside = np.interp(statistics, values, tails, left=1.0)
+    beyond = tails[-1] * np.exp(-np.maximum(statistics - values[-1], 0.0) / scale)
+    return np.where(statistics <= values[-1], inside, beyond)
 
 
 class Calibrated(FittedAuditor):
