@@ -21,7 +21,7 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.calibrated import null_tail, null_tails
 from auditgame.cache import cache_dir
 from auditgame.finding import Finding
-from auditgame.fitting import ensure_fitted, fit_here
+from auditgame.fitting import ensure_fitted, fit_here, references_needed
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.image.auditors.neural_cleanse import NeuralCleanse, fit_label_null
 from auditgame.image.auditors.weight_stats import WeightStats
@@ -219,3 +219,13 @@ def test_a_game_calibrates_in_the_sandbox_on_references_the_referee_built(
         evidence = json.loads(row["finding_json"])["evidence"]
         assert row["error"] is None and evidence["n_reference"] == 3
         assert 0.0 < evidence["null_tail"] <= 1.0
+
+
+def test_the_referee_reads_the_references_an_auditor_wants_as_bounded_data() -> None:
+    wanted = {"calibrate": True, "n_reference": 64, "reference_seed": 3}
+    assert references_needed(wanted) == (64, 3)
+    assert references_needed({**wanted, "calibrate": False}) is None
+    assert references_needed({"steps": 20}) is None
+    assert references_needed({**wanted, "n_reference": "64"}) is None
+    with pytest.raises(ValueError, match="n_reference"):
+        references_needed({**wanted, "n_reference": 10**6})

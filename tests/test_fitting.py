@@ -104,3 +104,15 @@ def test_shadow_organisms_train_from_seeds_no_small_zoo_uses() -> None:
     shadows = set().union(*(_organism_seeds(shadow_seed(k), 64) for k in range(10)))
     assert len(shadows) == 640
     assert not shadows & evaluated
+
+
+def test_reference_organisms_share_no_seed_with_shadow_or_evaluated_zoos() -> None:
+    """A meta-classifier's null must not be scored on a model it was trained on, nor a
+    detector's null include an organism it is evaluated on."""
+    evaluated = set().union(*(_organism_seeds(seed, 400) for seed in range(50)))
+    shadows = set().union(*(_organism_seeds(shadow_seed(k), 64) for k in range(10)))
+    references = set().union(
+        *(_organism_seeds(shadow_seed(k, "references"), 64) for k in range(10))
+    )
+    assert len(references) == 640
+    assert not references & evaluated and not references & shadows
