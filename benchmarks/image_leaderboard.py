@@ -116,11 +116,13 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
     # A run on other attacks builds another zoo, and one on fewer auditors writes another
     # table: neither may reuse or overwrite the full run's.
     attacks = "" if list(args.attacks) == list(ATTACKS) else "-" + "-".join(args.attacks)
+    # No attack: an all-clean zoo, for the false-positive rates alone.
+    attacks = "-clean" if not args.attacks else attacks
     chosen = "" if args.auditors is None else "_" + "-".join(args.auditors)
     tag = f"{family}{attacks}_n{args.n}_s{args.seed}{chosen}"
     root = args.data / f"{family}{attacks}-n{args.n}-s{args.seed}"
     command = f"--family {family} --n {args.n} --seed {args.seed}"
-    command += f" --attacks {' '.join(args.attacks)}" if attacks else ""
+    command += f" --attacks {' '.join(args.attacks)}".rstrip() if attacks else ""
     command += f" --auditors {' '.join(args.auditors)}" if chosen else ""
     command += f" --seconds {args.seconds:g}" if args.seconds != SECONDS else ""
     start = time.perf_counter()
@@ -138,12 +140,12 @@ def run_family(family: str, args: argparse.Namespace) -> Path:
         game_id = play(game, open_key(zoo, None), store, LocalExecutor(args.workers))
         play_seconds = time.perf_counter() - start
         scores = store.scores(game_id)
-        report_dir = RESULTS / f"image_leaderboard_{tag}"
-        write_report(store, report_dir, game_id)
+        key = open_key(zoo, None)
+        secrets = [zoo.secret(oid, key) for oid in zoo.ids]
+        if any(secret.backdoored for secret in secrets):
+            write_report(store, RESULTS / f"image_leaderboard_{tag}", game_id)
 
     rows = leaderboard(scores)
-    key = open_key(zoo, None)
-    secrets = [zoo.secret(oid, key) for oid in zoo.ids]
     lines = [
         f"# Image leaderboard: {family}",
         "",
@@ -193,7 +195,9 @@ def main() -> None:
     parser.add_argument("--family", nargs="+", default=["digits", "mnist"])
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--seed", type=int, default=11)
-    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS))
+    parser.add_argument(
+        "--attacks", nargs="*", default=list(ATTACKS), help="none: an all-clean zoo (FPR only)"
+    )
     parser.add_argument("--auditors", nargs="+", default=None, help="default: every one")
     parser.add_argument("--seconds", type=float, default=SECONDS, help="each auditor's budget")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
