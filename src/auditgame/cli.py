@@ -409,7 +409,8 @@ def play_cmd(
                 if todo and info.fitted and not recorded.is_file():
                     err.print(
                         f"fitting {info.name} for {opened.family} before auditing (once; "
-                        f"cached under {fits}): this trains its own shadow zoo"
+                        f"cached under {fits}): the first time, this trains the family's clean "
+                        "reference models or the auditor's shadow zoo"
                     )
             bar = progress.add_task("auditing", total=todo)
             game_id = play(
