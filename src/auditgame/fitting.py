@@ -1,8 +1,9 @@
 """Auditors that learn before they audit: a fitting stage, declared, cached and kept apart.
 
-Some detectors are calibrated or trained on models the auditor builds itself: Neural Cleanse's
-per-family null distribution from clean reference models, MNTD's meta-classifier and ULP's
-litmus patterns from a *shadow zoo*. That is the auditor's own fitting data, and the rules
+Some detectors are calibrated or trained on models built for them: every static image
+detector's null from the family's clean reference models (``reference_zoo``, shared, see
+``auditors.calibrated``), MNTD's meta-classifier and ULP's litmus patterns from a *shadow
+zoo* of their own. That is the auditor's own fitting data, and the rules
 are those of any learned detector: it may use the family's public recipe (``Family.train``,
 the data the card names) and attacks of its own choosing, never an evaluated organism or a
 secret of the evaluated zoo.
