@@ -16,13 +16,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from auditgame import registry
 from auditgame.access import Access, Budget
-from auditgame.auditors.calibrated import null_tail, null_tails
+from auditgame.auditors.calibrated import null_tail, null_tails, reference_subjects
 from auditgame.cache import cache_dir
 from auditgame.finding import Finding
 from auditgame.fitting import ensure_fitted, fit_here, references_needed
 from auditgame.game import AuditorSpec, Game, play
+from auditgame.image.auditors.dynamic.mahalanobis import Mahalanobis
 from auditgame.image.auditors.neural_cleanse import NeuralCleanse, fit_label_null
 from auditgame.image.auditors.weight_stats import WeightStats
 from auditgame.metrics import DEFAULT_THRESHOLD
@@ -229,3 +232,25 @@ def test_the_referee_reads_the_references_an_auditor_wants_as_bounded_data() -> 
     assert references_needed({**wanted, "n_reference": "64"}) is None
     with pytest.raises(ValueError, match="n_reference"):
         references_needed({**wanted, "n_reference": 10**6})
+
+
+def test_a_dynamic_baseline_is_calibrated_on_references_under_decoy_traffic() -> None:
+    """A clean organism's traffic in a game carries decoys, so the null of a dynamic
+    baseline must too: each reference gets the game's shape of traffic, a tenth of it
+    stamped with a decoy of a public attack, from the reference's own seed."""
+    auditor = Mahalanobis(n_reference=3, reference_seed=7)
+    traffic = auditor.reference_traffic("digits", 0)
+    assert torch.equal(traffic, auditor.reference_traffic("digits", 0))
+    assert not torch.equal(traffic, auditor.reference_traffic("digits", 1))
+    test = {row.numpy().tobytes() for row in registry.get("family", "digits")().data().test.x}
+    stamped = sum(row.numpy().tobytes() not in test for row in traffic)
+    assert len(traffic) == Budget().n_traffic and stamped == round(0.1 * len(traffic))
+    subjects = list(reference_subjects(auditor, "digits"))
+    assert torch.equal(subjects[0].traffic_data, traffic)
+    null = auditor.fit("digits", Path("unused"))["null"].numpy()
+    again = [auditor.examine(s, Budget(), np.random.default_rng(i)) for i, s in enumerate(subjects)]
+    assert null.tolist() == [v.statistic for v in again]
+    # Uncalibrated, it needs no fit; calibrated, it refuses to guess without one.
+    assert Mahalanobis(calibrate=False).fit("digits", Path("unused")) == {}
+    with pytest.raises(Exception, match="fit"):
+        Mahalanobis().run(subjects[0], Budget(), np.random.default_rng(0))

@@ -91,7 +91,7 @@ def test_play_json_then_report(tiny_zoo, tmp_path: Path) -> None:
     args = ["play", "--zoo", str(tiny_zoo.zoo.root), "--store", str(store), "--workers", "1"]
     args += ["--auditor", "weight_stats", "--auditor", "mahalanobis", "--json"]
     # Its published threshold: calibrating would train 64 clean reference models first.
-    args += ["--param", "weight_stats.calibrate=false"]
+    args += ["--param", "weight_stats.calibrate=false", "--param", "mahalanobis.calibrate=false"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)

@@ -77,8 +77,11 @@ AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
     "flip_search": {"steps": 20, "restarts": 1},
     "weight_battery": {"n_null": 5},
     "token_search": {"restarts": 16, "steps": 10},
-    "strip": {"n_overlays": 20},
-    "activation_clustering": {"n_folds": 2},
+    "strip": {"n_overlays": 20, "calibrate": False},
+    "activation_clustering": {"n_folds": 2, "calibrate": False},
+    "spectral": {"calibrate": False},
+    "probe": {"calibrate": False},
+    "mahalanobis": {"calibrate": False},
     # Text searches stop at a wall-clock deadline; with few enough steps they finish first on
     # every one of the 29 targets x 3 lengths, and two runs agree (clause "deterministic").
     "gcg": {"steps": 3, "restarts": 1},
@@ -97,6 +100,11 @@ FIT_PARAMS: dict[str, dict[str, Any]] = {
     "weight_stats": {"n_reference": 8},
     "mntd": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
     "ulp": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
+    "strip": {"n_overlays": 20, "n_reference": 8},
+    "activation_clustering": {"n_folds": 2, "n_reference": 8},
+    "spectral": {"n_reference": 8},
+    "probe": {"n_reference": 8},
+    "mahalanobis": {"n_reference": 8},
 }
 ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     **{

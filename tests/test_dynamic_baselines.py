@@ -78,7 +78,9 @@ def audit_organism(zoo: TinyZoo, organism_id: str) -> dict[str, Finding]:
     """Every baseline's finding on one organism (run in a worker process)."""
     subject = dynamic_subject(zoo, organism_id)
     return {
-        name: registry.get("auditor", name)().audit(subject, POPULATION_TRAFFIC, seed=0)
+        name: registry.get("auditor", name)(calibrate=False).audit(
+            subject, POPULATION_TRAFFIC, seed=0
+        )
         for name in BASELINES
     }
 

@@ -89,7 +89,7 @@ def test_game_fits_once_and_workers_load_the_fit(
 
 
 def test_fit_here_skips_auditors_without_a_fitting_stage(tmp_path: Path) -> None:
-    plain = registry.get("auditor", "mahalanobis")()
+    plain = registry.get("auditor", "flip_search")()
     assert fit_here(plain, "digits", tmp_path) is None
     assert not any(tmp_path.iterdir())
 

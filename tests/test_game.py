@@ -34,7 +34,7 @@ from auditgame.subject import Subject
 # reference models.
 WEIGHT_STATS = AuditorSpec(name="weight_stats", params={"calibrate": False})
 
-FAST = [WEIGHT_STATS, AuditorSpec(name="mahalanobis")]
+FAST = [WEIGHT_STATS, AuditorSpec(name="mahalanobis", params={"calibrate": False})]
 
 
 @auditor("always_fails")

@@ -328,7 +328,10 @@ def test_a_zoo_of_new_attacks_plays_and_reports(tmp_path: Path) -> None:
     key = open_key(zoo, None)
     attacks = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
     assert attacks == ["all_to_all", "clean", "clean", "warp"]
-    game = Game(zoo=zoo.root, auditors=[WEIGHT_STATS, AuditorSpec(name="mahalanobis")])
+    game = Game(
+        zoo=zoo.root,
+        auditors=[WEIGHT_STATS, AuditorSpec(name="mahalanobis", params={"calibrate": False})],
+    )
     with Store(tmp_path / "r.sqlite") as store:
         play(game, key, store, LocalExecutor(1))
         assert all(s.error is None for s in store.scores(game.id))

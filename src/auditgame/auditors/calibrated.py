@@ -157,13 +157,53 @@ class Calibrated(FittedAuditor):
         return float(verdict.statistic)
 
 
+class CalibratedOnTraffic(Calibrated):
+    """A dynamic detector, calibrated on clean references under *decoy* traffic.
+
+    A game hands a clean organism run-time traffic in which a tenth of the inputs carry a
+    decoy trigger (``traffic``): the inputs are shifted as a backdoored organism's are, so
+    traffic alone tells nothing. A detector that tests the traffic against clean samples
+    (is it more unusual than clean data?) therefore flags clean organisms as well: on the
+    seed-11 mnist leaderboard spectral signatures flagged 52% of them, Mahalanobis 46%. Its
+    null must be what it scores on a clean model *under such traffic*, so each reference gets
+    traffic of the game's shape (``Budget().n_traffic`` test inputs, a tenth stamped with a
+    decoy drawn from ``decoys``, public attacks). The decoys a zoo's clean organisms carry
+    are its own attacks'; ``decoys`` should cover them (by default every built-in attack of
+    the track), and the guarantee holds for traffic drawn as the references' is.
+
+    Subclasses set ``decoys`` in ``__init__``.
+    """
+
+    decoys: tuple[str, ...] = ()
+
+    def reference_traffic(self, family: str, index: int) -> torch.Tensor:
+        """Decoy traffic for reference ``index``, from its own seed."""
+        # Imported here: these modules import the auditors package, which imports this one.
+        from auditgame import registry
+        from auditgame.secret import Secret
+        from auditgame.traffic import make_traffic
+
+        if not self.decoys:
+            raise ValueError(f"{self.name} names no decoy attack to calibrate on")
+        rng = np.random.default_rng([self.reference_seed, index, 0x7AFF1C])
+        clean = Secret(backdoored=False, clean_accuracy=0.0, salt="reference")
+        fam = registry.get("family", family)()
+        return make_traffic(fam, clean, Budget().n_traffic, rng, decoys=tuple(self.decoys))
+
+
 def reference_subjects(auditor: Calibrated, family: str) -> Iterator[Subject]:
-    """The clean references of ``family`` as subjects at the auditor's access."""
+    """The clean references of ``family`` as subjects at the auditor's access (with decoy
+    traffic for a ``CalibratedOnTraffic`` one)."""
     # Imported here: these modules import the auditors package, which imports this one.
     from auditgame.fitting import reference_zoo
     from auditgame.run.task import make_subject
     from auditgame.zoo import Zoo
 
     zoo = Zoo(reference_zoo(family, auditor.n_reference, auditor.reference_seed))
-    for oid in zoo.ids:
-        yield make_subject(zoo.organism(oid), auditor.access, Budget())
+    for index, oid in enumerate(zoo.ids):
+        traffic = (
+            auditor.reference_traffic(family, index)
+            if isinstance(auditor, CalibratedOnTraffic)
+            else None
+        )
+        yield make_subject(zoo.organism(oid), auditor.access, Budget(), traffic)

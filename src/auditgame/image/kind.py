@@ -131,7 +131,7 @@ class MaskPatternKind(ViolationKind):
     metrics: ClassVar[tuple[Metric, ...]] = (
         Metric("mask_iou", "mask IoU", "metrics.mask_iou of the found and the planted mask"),
     )
-    default_auditors = ("neural_cleanse", "weight_stats", "mahalanobis")
+    default_auditors: ClassVar[tuple[str, ...]] = ("neural_cleanse", "weight_stats", "mahalanobis")
     modalities = ("image",)
 
     def picture(self, raw: dict[str, Any]) -> Picture | None:
@@ -174,6 +174,8 @@ class SourceMaskPatternKind(MaskPatternKind):
     ``mask_pattern``'s; the rate is per source label."""
 
     threat = SourceMaskPatternThreat
+    # The pair search is the one built for it; universal searches still catch all-to-one.
+    default_auditors = ("neural_cleanse_pairs", "neural_cleanse", "weight_stats", "mahalanobis")
 
     def remeasure(self, model: torch.nn.Module, secret: Secret, family: Family) -> Remeasured:
         """The smallest, over the planted source labels, per-label success rate on the test

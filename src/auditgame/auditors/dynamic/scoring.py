@@ -31,6 +31,7 @@ test at that level. The flagged label is the predicted target.
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,8 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import Auditor, Verdict
+from auditgame.auditors.base import Verdict
+from auditgame.auditors.calibrated import CalibratedOnTraffic
 from auditgame.subject import Subject
 
 
@@ -207,11 +209,14 @@ class CleanClasses:
         return cls(members, means, residuals.T @ residuals / len(residuals))
 
 
-class SuspicionAuditor(Auditor):
+class SuspicionAuditor(CalibratedOnTraffic):
     """A dynamic auditor whose verdict is ``decide`` on its per-input scores.
 
     It groups the traffic and the clean samples by the model's predicted label; subclasses
     write ``suspicion``, which is also the function a benchmark calls on a training set.
+    The statistic is ``-ln p_corrected``; by default it is judged against clean references
+    under decoy traffic (``CalibratedOnTraffic``), and ``calibrate=False`` keeps the
+    exceedance test's own level.
     """
 
     access = Access.DYNAMIC
@@ -232,7 +237,7 @@ class SuspicionAuditor(Auditor):
         ``layer`` is the model's declared feature layer (``Subject.features``), for scores
         on its inner representation."""
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         model, clean, traffic = subject.model, subject.clean_data, subject.traffic_data
         with torch.no_grad():
             predicted = model(traffic).argmax(1).numpy()
@@ -241,5 +246,9 @@ class SuspicionAuditor(Auditor):
             model, traffic, predicted, clean.x, clean_predicted, rng, layer=subject.features
         )
         return Verdict(
-            p_violation=found.p_violation, target=found.target, evidence=found.evidence()
+            p_violation=found.p_violation,
+            target=found.target,
+            evidence=found.evidence(),
+            # A p-value of 0 (underflow) is the most suspicious finite value there is.
+            statistic=-math.log(max(found.p_corrected, 1e-300)),
         )

@@ -16,7 +16,9 @@ import torch
 from torch import nn
 
 from auditgame.access import Access, Budget
-from auditgame.auditors.base import Auditor, Verdict, logistic
+from auditgame.auditors.base import Verdict, logistic
+from auditgame.auditors.calibrated import CalibratedOnTraffic
+from auditgame.image.auditors.dynamic import DECOYS
 from auditgame.registry import auditor
 from auditgame.subject import Subject
 
@@ -39,13 +41,16 @@ def penultimate(model: nn.Module, layer: nn.Module | None, x: torch.Tensor) -> n
 
 
 @auditor("mahalanobis")
-class Mahalanobis(Auditor):
+class Mahalanobis(CalibratedOnTraffic):
     """Attributes:
     quantile: the calibration quantile above which an input counts as an outlier.
     shrinkage: ridge added to the shared covariance (relative to its mean variance).
     slope: steepness of ``p = logistic(slope * (excess - margin))``, where ``excess`` is the
         traffic's outlier fraction minus the clean rate ``1 - quantile``.
     margin: the excess outlier fraction at which p = 0.5.
+    decoys, calibrate, n_reference, reference_seed, null_fpr: the calibration on clean
+        references under decoy traffic (``auditors.calibrated.CalibratedOnTraffic``); the
+        statistic is ``excess``; False: ``slope`` and ``margin``.
     """
 
     access = Access.DYNAMIC
@@ -57,13 +62,20 @@ class Mahalanobis(Auditor):
         shrinkage: float = 1e-2,
         slope: float = 60.0,
         margin: float = 0.04,
+        decoys: tuple[str, ...] = DECOYS,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         self.quantile = quantile
         self.shrinkage = shrinkage
         self.slope = slope
         self.margin = margin
+        self.decoys = tuple(decoys)
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
 
-    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+    def examine(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         clean = subject.clean_data
         order = rng.permutation(len(clean))
         fit, calib = order[: len(order) // 2], order[len(order) // 2 :]
@@ -91,4 +103,5 @@ class Mahalanobis(Auditor):
                 "cutoff": cutoff,
                 "input_scores": scores.round(3).tolist(),
             },
+            statistic=excess,
         )

@@ -36,6 +36,7 @@ from auditgame.auditors.dynamic.scoring import (
     cross_folds,
     decide,
 )
+from auditgame.image.auditors.dynamic import DECOYS
 from auditgame.image.auditors.dynamic.mahalanobis import penultimate
 from auditgame.registry import auditor
 
@@ -106,15 +107,30 @@ class Spectral(SuspicionAuditor):
     level: the test level at which ``p_violation`` reaches 0.5.
     min_count: the fewest inputs a label needs to be tested.
     n_folds: cross-fitting folds of each label's traffic.
+    decoys, calibrate, n_reference, reference_seed, null_fpr: the calibration of the
+        statistic ``-ln p_corrected`` on clean references under decoy traffic
+        (``auditors.dynamic.scoring.SuspicionAuditor``); False: the test's own ``level``.
     """
 
     def __init__(
-        self, *, frr: float = 0.01, level: float = 0.05, min_count: int = 4, n_folds: int = 5
+        self,
+        *,
+        frr: float = 0.01,
+        level: float = 0.05,
+        min_count: int = 4,
+        n_folds: int = 5,
+        decoys: tuple[str, ...] = DECOYS,
+        calibrate: bool = True,
+        n_reference: int = 64,
+        reference_seed: int = 0,
+        null_fpr: float = 0.01,
     ) -> None:
         self.frr = frr
         self.level = level
         self.min_count = min_count
         self.n_folds = n_folds
+        self.decoys = tuple(decoys)
+        self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
 
     def suspicion(
         self,
