@@ -167,9 +167,20 @@ class CalibratedOnTraffic(Calibrated):
     seed-11 mnist leaderboard spectral signatures flagged 52% of them, Mahalanobis 46%. Its
     null must be what it scores on a clean model *under such traffic*, so each reference gets
     traffic of the game's shape (``Budget().n_traffic`` test inputs, a tenth stamped with a
-    decoy drawn from ``decoys``, public attacks). The decoys a zoo's clean organisms carry
+    decoy of one of ``decoys``, public attacks). The decoys a zoo's clean organisms carry
     are its own attacks'; ``decoys`` should cover them (by default every built-in attack of
     the track), and the guarantee holds for traffic drawn as the references' is.
+
+    The references take the decoys in turn (reference ``i`` gets ``decoys[i % len]``) rather
+    than at random: the null's upper tail comes from the decoys a detector reacts to most,
+    and a random draw leaves their share to chance. Measured on the digits seed-13
+    leaderboard (100 clean organisms, 7 attacks' decoys): with random draws, 7 of the 64
+    references carried a warp, whose traffic the linear probe scores far higher than any
+    other decoy's (median ``-ln p`` about 3, up to 24, against 0 for patches); the null's
+    largest value happened to be 5.1, and 6 of the 100 clean organisms, all with warps,
+    were flagged. References and zoo organisms scored alike under the same warp traffic
+    (30 each, Mann-Whitney p = 0.66): the models were exchangeable, the mixture's draw was
+    the noise.
 
     Subclasses set ``decoys`` in ``__init__``.
     """
@@ -188,7 +199,8 @@ class CalibratedOnTraffic(Calibrated):
         rng = np.random.default_rng([self.reference_seed, index, 0x7AFF1C])
         clean = Secret(backdoored=False, clean_accuracy=0.0, salt="reference")
         fam = registry.get("family", family)()
-        return make_traffic(fam, clean, Budget().n_traffic, rng, decoys=tuple(self.decoys))
+        decoy = self.decoys[index % len(self.decoys)]
+        return make_traffic(fam, clean, Budget().n_traffic, rng, decoys=(decoy,))
 
 
 def reference_subjects(auditor: Calibrated, family: str) -> Iterator[Subject]:

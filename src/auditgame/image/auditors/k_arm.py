@@ -40,9 +40,17 @@ Three stages, as in the paper and the authors' code:
 
 The paper also scans label-specific arms (a victim-target pair) and checks them
 symmetrically, because a natural feature is as easy to reach in both directions and a
-backdoor is not. The specs here forbid universal triggers (a witness is measured on every
-non-target input), so only the universal arms are scanned and the symmetric check, which
-the paper applies to label-specific arms only, does not arise.
+backdoor is not. ``scope="label_specific"`` does that: the arms are the (source, target)
+pairs whose target is most often among the source's clean samples' top k (at least
+``min_pair_arms``), a pull steps on the source's samples only, and the ``n_symmetric`` arms
+with the smallest masks are searched back (target to source); the statistic adds
+``ln(l1 back / l1)`` to ``ln(H * W / l1)``. Measured on a development zoo of 40 digits
+organisms (seed 0, half ``source_specific``): AUROC 0.53, the planted target named 7 of 20
+times. On 8x8 digits natural pairs (6 -> 8 at about 4 pixels in every clean model) are as
+small as a planted 2x2 patch and as asymmetric, and the pre-screen ranked some planted pairs
+below 30th of 90. ``neural_cleanse_pairs`` (every pair, judged against the same pair on
+clean references) is the source-aware search that works here; this scope is kept as the
+paper's method to compare with. The default scope is universal.
 """
 
 from __future__ import annotations

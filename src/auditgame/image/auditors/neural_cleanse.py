@@ -483,10 +483,12 @@ class NeuralCleansePairs(NeuralCleanse):
     development zoo of 40 digits organisms (seed 0, half TaCT) the smallest pair mask gave
     AUROC 0.69 and K-Arm's label-specific arms 0.53. What separates is each pair's norm
     against the *same pair* on clean references, which is exactly Neural Cleanse's
-    calibrated per-label null with pairs for labels (``fit_label_null``): AUROC 0.99 on that
-    zoo (leave-one-out over its own clean organisms), the planted target named 19 times of
-    20. The finding names the target, the pair's ``source`` in its evidence, and the pair's
-    trigger as the witness, which ``source_mask_pattern`` measures on the source's inputs.
+    calibrated per-label null with pairs for labels (``fit_label_null``): AUROC 0.98 on that
+    zoo (its 20 clean organisms as leave-one-out references), the planted target named 20
+    times of 20, the planted pair 18. On a fresh 100-organism zoo with 64 references: AUROC
+    0.993 (docs/auditors.md). The finding names the target, the pair's ``source`` in its
+    evidence, and the pair's trigger as the witness, which ``source_mask_pattern`` measures
+    on the source's inputs.
     """
 
     def problems(self, n_labels: int) -> list[tuple[int, int | None]]:
