@@ -77,8 +77,10 @@ AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
     "flip_search": {"steps": 20, "restarts": 1},
     "weight_battery": {"n_null": 5},
     "token_search": {"restarts": 16, "steps": 10},
-    "strip": {"n_overlays": 20, "calibrate": False},
-    "activation_clustering": {"n_folds": 2, "calibrate": False},
+    # Their defaults otherwise: a fitted auditor's budget clause runs these parameters, and
+    # cheaper ones would make their known budget finding pass by themselves.
+    "strip": {"calibrate": False},
+    "activation_clustering": {"calibrate": False},
     "spectral": {"calibrate": False},
     "probe": {"calibrate": False},
     "mahalanobis": {"calibrate": False},
@@ -100,8 +102,8 @@ FIT_PARAMS: dict[str, dict[str, Any]] = {
     "weight_stats": {"n_reference": 8},
     "mntd": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
     "ulp": {"n_shadow": 8, "folds": 2, "steps": 20, "n_reference": 8},
-    "strip": {"n_overlays": 20, "n_reference": 8},
-    "activation_clustering": {"n_folds": 2, "n_reference": 8},
+    "strip": {"n_reference": 8},
+    "activation_clustering": {"n_reference": 8},
     "spectral": {"n_reference": 8},
     "probe": {"n_reference": 8},
     "mahalanobis": {"n_reference": 8},
