@@ -274,7 +274,8 @@ class KArm(Calibrated):
             candidates = sorted(arms, key=lambda a: a.best_l1)[: self.n_symmetric]
             back_l1: list[list[float]] = []
             for arm in candidates:
-                if not math.isfinite(arm.best_l1) or arm.source is None:
+                # Nothing to search back from when the target has no clean sample.
+                if not math.isfinite(arm.best_l1) or arm.source is None or arm.label not in pools:
                     continue
                 back = self._new_arm(arm.source, arm.label, shape, rng, device)
                 pulls = 0
