@@ -126,6 +126,10 @@ class Calibrated(FittedAuditor):
         null = self.null_statistics(reference_subjects(self, family))
         return tensors | {"null": torch.as_tensor(np.asarray(null, dtype=np.float64))}
 
+    def reference_traffic(self, family: str, index: int) -> torch.Tensor | None:
+        """Run-time traffic for reference ``index``; None for a detector that reads none."""
+        return None
+
     def null_statistics(self, references: Iterator[Subject]) -> np.ndarray:
         """The detector's statistic on each clean reference, as it would examine an organism."""
         values = []
@@ -204,8 +208,8 @@ class CalibratedOnTraffic(Calibrated):
 
 
 def reference_subjects(auditor: Calibrated, family: str) -> Iterator[Subject]:
-    """The clean references of ``family`` as subjects at the auditor's access (with decoy
-    traffic for a ``CalibratedOnTraffic`` one)."""
+    """The clean references of ``family`` as subjects at the auditor's access, with the
+    auditor's ``reference_traffic`` (decoy traffic for a ``CalibratedOnTraffic`` one)."""
     # Imported here: these modules import the auditors package, which imports this one.
     from auditgame.fitting import reference_zoo
     from auditgame.run.task import make_subject
@@ -213,9 +217,5 @@ def reference_subjects(auditor: Calibrated, family: str) -> Iterator[Subject]:
 
     zoo = Zoo(reference_zoo(family, auditor.n_reference, auditor.reference_seed))
     for index, oid in enumerate(zoo.ids):
-        traffic = (
-            auditor.reference_traffic(family, index)
-            if isinstance(auditor, CalibratedOnTraffic)
-            else None
-        )
+        traffic = auditor.reference_traffic(family, index)
         yield make_subject(zoo.organism(oid), auditor.access, Budget(), traffic)
