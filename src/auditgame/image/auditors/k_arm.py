@@ -269,11 +269,12 @@ class KArm(Calibrated):
 
         # The statistic: ln(H * W / l1) of the winner; for a label-specific arm, plus the
         # symmetric check's ln(l1 back / l1) (a backdoor is easy one way only).
-        statistic = {id(a): math.log(area / self._size(a, area)) for a in arms}
+        statistic = [math.log(area / self._size(a, area)) for a in arms]
         if label_specific:
-            candidates = sorted(arms, key=lambda a: a.best_l1)[: self.n_symmetric]
+            candidates = sorted(range(len(arms)), key=lambda i: arms[i].best_l1)
             back_l1: list[list[float]] = []
-            for arm in candidates:
+            for i in candidates[: self.n_symmetric]:
+                arm = arms[i]
                 # Nothing to search back from when the target has no clean sample.
                 if not math.isfinite(arm.best_l1) or arm.source is None or arm.label not in pools:
                     continue
@@ -287,10 +288,11 @@ class KArm(Calibrated):
                     self._schedule(back)
                     pulls += 1
                 l1_back = self._size(back, area)
-                statistic[id(arm)] += math.log(l1_back / self._size(arm, area))
+                statistic[i] += math.log(l1_back / self._size(arm, area))
                 back_l1.append([arm.source, arm.label, arm.best_l1, l1_back, pulls])
             evidence["symmetric"] = back_l1
-        winner = max(arms, key=lambda a: statistic[id(a)])
+        best = int(np.argmax(statistic))
+        winner = arms[best]
         l1 = self._size(winner, area)
         if winner.best_mask is None or winner.best_pattern is None:
             with torch.no_grad():
@@ -298,9 +300,10 @@ class KArm(Calibrated):
                 pattern = to_unit(winner.pattern_raw).cpu().numpy()
         else:
             mask, pattern = winner.best_mask, winner.best_pattern
-        # The paper's rule (a trojan below a size bound) made graded; for a label-specific
-        # arm the same bound on the mask made larger by the symmetric check's ratio.
-        rule = statistic[id(winner)] - math.log(area / l1) + math.log(self.size_bound * area / l1)
+        # The paper's rule (a trojan below a size bound) made graded: 0.5 where the statistic
+        # is ln(1 / size_bound); for a label-specific arm the statistic includes the symmetric
+        # check's ratio, so the same bound on the mask is made larger by it.
+        rule = statistic[best] + math.log(self.size_bound)
         evidence.update(
             {
                 "arm_l1": [float(a.best_l1) if math.isfinite(a.best_l1) else None for a in arms],
@@ -322,7 +325,7 @@ class KArm(Calibrated):
             target=winner.label,
             trigger=trigger,
             evidence=evidence,
-            statistic=statistic[id(winner)],
+            statistic=statistic[best],
         )
 
     @staticmethod
