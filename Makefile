@@ -27,8 +27,9 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Two processes, one test file each at a time (--dist loadfile keeps a module's fixtures in one
-# process): the suite took 8 min 36 s in a fresh clone (2026-12-06, AVX2, sandboxed games included).
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+# process), the longest files first (tests/conftest.py: FILE_SECONDS) rather than xdist's order
+# by number of tests, so the workers finish together.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test: lint chromium bubblewrap
 	$(PYTEST)

@@ -1,4 +1,5 @@
-"""Shared fixtures: one tiny digits zoo built once per test session.
+"""Shared fixtures: one tiny digits zoo built once per test session; and the order in which
+the two CI workers take the test files.
 
 With seed 0 and four organisms the plan is: badnets, clean, clean, blend (asserted below, so a
 change in the planner shows up here first rather than as a confusing auditor failure).
@@ -16,6 +17,41 @@ from auditgame.secret import Secret
 from auditgame.zoo import Zoo, build_zoo, default_key_path, open_key
 
 torch.set_num_threads(1)
+
+# Seconds each of the slowest files took on one worker (fresh cache, 2-core AVX2 machine,
+# 2026-12-07, the larger of `make test` and `make test-kernels`). `make test` runs the files
+# longest first (with xdist's own reorder by test count off), so the two workers share the
+# load greedily: in collection order by test count one worker had ~90 s more than the other
+# at the end. A stale or missing entry costs only balance, never a test.
+FILE_SECONDS = {
+    "test_dynamic_baselines.py": 152,
+    "test_image_attacks.py": 119,
+    "test_mntd_ulp.py": 114,
+    "test_conformance.py": 108,
+    "test_arena_security.py": 102,
+    "test_text_game.py": 79,
+    "test_ray.py": 65,
+    "test_game.py": 63,
+    "test_gcg_uat.py": 57,
+    "test_undetectable.py": 42,
+    "test_pez_gbda.py": 39,
+    "test_violation_kinds.py": 38,
+    "test_abs.py": 31,
+    "test_zoo.py": 29,
+    "test_tinylm.py": 29,
+    "test_source_aware.py": 29,
+    "test_attacks.py": 28,
+    "test_text_reference_dynamic.py": 26,
+    "test_neural_cleanse.py": 25,
+    "test_audit_own.py": 24,
+    "test_cli.py": 22,
+    "test_cipher_game.py": 16,
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first; the sort is stable, so each file keeps its own order."""
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
 
 
 @dataclass(frozen=True)
