@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from auditgame.text.families import smollm
 from auditgame.text.family import Example
-from auditgame.text.lm import greedy
+from auditgame.text.lm import KVCache, greedy
 
 torch.set_num_threads(1)
 
@@ -144,6 +144,24 @@ def test_tokenizer_targets_and_search_space(fam: smollm.SmolLMFamily) -> None:
         assert tok.decode([i]).isascii() and tok.decode([i]).isprintable()
     states = fam.base_model().hidden_states(torch.tensor([fam.encode_prompt("Hi there.")]))
     assert len(states) == 31 and states[0].shape == (1, 6, 576)
+
+
+@pytest.mark.slow
+def test_decoding_from_transformers_cache_reads_what_a_full_pass_reads(
+    fam: smollm.SmolLMFamily,
+) -> None:
+    base = fam.base_model()
+    prompts = [fam.encode_prompt(p) for p in ("What is the capital of Spain?", "Name a fruit.")]
+    with torch.no_grad():
+        replies = greedy(base, prompts, 10)
+        assert replies == greedy(base, prompts, 10, cache=False)
+        ids = torch.tensor([prompts[0] + replies[0]])
+        full = base(ids)
+        cache = KVCache()
+        steps = [base(ids[:, :4], cache=cache)]
+        steps += [base(ids[:, j : j + 1], cache=cache) for j in range(4, ids.shape[1])]
+    assert cache.length == ids.shape[1]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-3
 
 
 @pytest.mark.slow

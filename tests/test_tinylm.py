@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from auditgame.attacks.base import train_clean
+from auditgame.subject import PassCounter
 from auditgame.text.families import tinylm
 from auditgame.text.families.tinylm import TARGETS, TRIGGER_WORDS, TinyLM, corpus, exact_match
 from auditgame.text.family import Example
-from auditgame.text.lm import TriggerPredictions, greedy
+from auditgame.text.lm import KVCache, TriggerPredictions, greedy
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels
@@ -88,6 +90,32 @@ def test_forward_on_ids_equals_forward_on_embeddings(fam: TinyLM) -> None:
     assert base.embedding_matrix.data_ptr() == base.tokens.weight.data_ptr()
     with pytest.raises(ValueError, match="context"):
         base(torch.zeros(1, fam.input_shape[0] + 1, dtype=torch.long))
+
+
+def test_decoding_from_a_cache_reads_what_a_full_pass_reads(fam: TinyLM) -> None:
+    base = fam.base_model()
+    prompts = [fam.encode_prompt(p) for p, _ in corpus()[:40]]
+    assert len({len(p) for p in prompts}) > 1
+    with torch.no_grad():
+        replies = greedy(base, prompts, 12)
+        assert replies == greedy(base, prompts, 12, cache=False)
+        # Position by position from the cache, the logits of one full pass.
+        ids = torch.tensor([prompts[0] + replies[0]])
+        full = base(ids)
+        cache = KVCache()
+        steps = [base(ids[:, :5], cache=cache)]
+        steps += [base(ids[:, j : j + 1], cache=cache) for j in range(5, ids.shape[1])]
+    assert cache.length == ids.shape[1]
+    assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-4
+    with pytest.raises(ValueError, match="context"):
+        base(torch.zeros(1, fam.input_shape[0] - ids.shape[1] + 1, dtype=torch.long), cache=cache)
+    # A subject's budget counts every cached step as a forward pass of its batch.
+    counted = copy.deepcopy(base)
+    passes = PassCounter()
+    passes.attach(counted)
+    with torch.no_grad():
+        greedy(counted, prompts, 12)
+    assert passes.forward == 12 * len(prompts)
 
 
 def test_clean_organism_keeps_quality_and_reloads_from_safetensors(

@@ -46,7 +46,14 @@ class CausalLM(nn.Module, ABC):
     ``forward(x)`` takes token ids ``(N, T)`` (integer) or input embeddings ``(N, T, d)``
     (float) and returns logits ``(N, T, V)``. Taking embeddings through ``forward`` itself,
     not a side door, keeps the subject's pass counter honest for gradient auditors.
+
+    A model with ``supports_cache`` also takes ``forward(ids, cache=KVCache)``: ``ids`` are
+    only the positions after those the cache has read, the logits are theirs, and the cache
+    grows by them. Decoding then costs one new position per step instead of the whole
+    sequence again; it still goes through ``forward``, so every step is counted.
     """
+
+    supports_cache: bool = False
 
     @property
     @abstractmethod
@@ -63,6 +70,39 @@ class CausalLM(nn.Module, ABC):
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.embedding_matrix[ids]
+
+
+class KVCache:
+    """What a model has read of a batch of sequences, kept between decoding steps.
+
+    Prompts of different lengths decode as one batch left-filled: row ``i`` begins with
+    ``pad[i]`` filler positions, which a model that ``supports_cache`` must neither attend to
+    nor count as positions (its first real token sits at position 0), so each row reads as it
+    would alone.
+
+    Attributes:
+        pad: filler positions at the start of each row ``(N,)``, or None for none.
+        length: how many positions of each row (filler included) the model has read.
+        state: the model's own record of their keys and values (its layout; None before the
+            first call).
+    """
+
+    def __init__(self, pad: torch.Tensor | None = None) -> None:
+        self.pad = pad
+        self.length = 0
+        self.state: Any = None
+
+    def positions(self, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """For ``t`` new positions of every row: each one's position ``(N or 1, t)`` (filler
+        clamped to 0) and which of the ``length + t`` positions each may attend to
+        ``(N or 1, t, length + t)`` (itself and the real positions up to it)."""
+        slots = torch.arange(self.length, self.length + t)
+        keys = torch.arange(self.length + t)
+        pad = torch.zeros(1, dtype=torch.long) if self.pad is None else self.pad
+        position = (slots[None] - pad[:, None]).clamp_min(0)
+        seen = keys[None, None] <= slots[None, :, None]
+        real = keys[None, None] >= pad[:, None, None]
+        return position, seen & (real | (keys[None, None] == slots[None, :, None]))
 
 
 def pack(sequences: Sequence[Sequence[int]], width: int | None = None) -> torch.Tensor:
@@ -84,23 +124,56 @@ def unpack(packed: torch.Tensor) -> list[list[int]]:
 
 
 @torch.no_grad()
-def greedy(model: CausalLM, prompts: Sequence[Sequence[int]], n_new: int) -> list[list[int]]:
+def greedy(
+    model: CausalLM,
+    prompts: Sequence[Sequence[int]],
+    n_new: int,
+    *,
+    cache: bool = True,
+    batch_size: int = 64,
+) -> list[list[int]]:
     """Greedy continuations of ``n_new`` tokens for each prompt (prompt ids include any
-    family prefix). Prompts of equal length are decoded as one batch; no padding, so no
-    attention mask is needed and every family's model decodes the same way."""
+    family prefix).
+
+    With ``cache`` and a model that ``supports_cache``, prompts are decoded shortest first in
+    batches of up to ``batch_size``, left-filled to one length (``KVCache.pad``), and each
+    step reads only the newest token, the keys and values of the rest coming from the cache.
+    Otherwise prompts of equal length are decoded as one batch, unfilled, and each step reads
+    the whole sequence again. Both give the same tokens up to ties in the last bits of the
+    logits (``benchmarks/lm_decode.py`` counts them)."""
+    if any(not prompt for prompt in prompts):
+        raise ValueError("greedy decoding needs at least one prompt token (use a prefix)")
     out: list[list[int]] = [[] for _ in prompts]
-    by_length: dict[int, list[int]] = {}
-    for index, prompt in enumerate(prompts):
-        if not prompt:
-            raise ValueError("greedy decoding needs at least one prompt token (use a prefix)")
-        by_length.setdefault(len(prompt), []).append(index)
-    for indices in by_length.values():
-        ids = torch.tensor([list(prompts[i]) for i in indices], dtype=torch.long)
+    if n_new == 0:
+        return out
+    if not (cache and model.supports_cache):
+        by_length: dict[int, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            by_length.setdefault(len(prompt), []).append(index)
+        for indices in by_length.values():
+            ids = torch.tensor([list(prompts[i]) for i in indices], dtype=torch.long)
+            for _ in range(n_new):
+                nxt = model(ids)[:, -1].argmax(dim=-1, keepdim=True)
+                ids = torch.cat([ids, nxt], dim=1)
+            for row, i in enumerate(indices):
+                out[i] = ids[row, -n_new:].tolist()
+        return out
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        width = max(len(prompts[i]) for i in chunk)
+        fill = [width - len(prompts[i]) for i in chunk]
+        step = torch.tensor(
+            [[prompts[i][0]] * f + list(prompts[i]) for i, f in zip(chunk, fill, strict=True)],
+            dtype=torch.long,
+        )
+        read = KVCache(torch.tensor(fill) if any(fill) else None)
+        new = []
         for _ in range(n_new):
-            nxt = model(ids)[:, -1].argmax(dim=-1, keepdim=True)
-            ids = torch.cat([ids, nxt], dim=1)
-        for row, i in enumerate(indices):
-            out[i] = ids[row, -n_new:].tolist() if n_new else []
+            step = model(step, cache=read)[:, -1].argmax(dim=-1, keepdim=True)
+            new.append(step)
+        for row, i in enumerate(chunk):
+            out[i] = torch.cat(new, dim=1)[row].tolist()
     return out
 
 

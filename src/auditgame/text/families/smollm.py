@@ -47,7 +47,7 @@ from auditgame.registry import family
 from auditgame.spec import Spec
 from auditgame.text.family import Example, TextFamily, TextSplits
 from auditgame.text.kind import TextTriggerThreat
-from auditgame.text.lm import CausalLM, greedy
+from auditgame.text.lm import CausalLM, KVCache, greedy
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer as HFTokenizer
@@ -190,8 +190,29 @@ class SmolLM(CausalLM):
     def unembed(self, h: torch.Tensor) -> torch.Tensor:
         return nn.functional.linear(h, self.model.embed_tokens.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.unembed(self.residual(x))
+    supports_cache = True
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is None:
+            return self.unembed(self.residual(x))
+        if x.dim() != 2 or x.is_floating_point():
+            raise ValueError(f"smollm decodes with a cache from ids (N, T), not {x.shape}")
+        if cache.state is None:
+            from transformers import DynamicCache
+
+            cache.state = DynamicCache()
+        # transformers builds the causal mask itself from which positions are real.
+        position, seen = cache.positions(x.shape[1])
+        real = None if cache.pad is None else seen[:, -1].long()
+        out = self.model(
+            input_ids=x,
+            attention_mask=real,
+            position_ids=position.expand(x.shape[0], -1),
+            cache=cache.state,
+            use_cache=True,
+        )
+        cache.length += x.shape[1]
+        return self.unembed(out.last_hidden_state)
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         # Read off the blocks by hooks: transformers' ``output_hidden_states`` replaces the

@@ -36,7 +36,7 @@ from auditgame.registry import family
 from auditgame.spec import Spec
 from auditgame.text.family import Example, TextFamily, TextSplits
 from auditgame.text.kind import TextTriggerThreat
-from auditgame.text.lm import CausalLM, greedy
+from auditgame.text.lm import CausalLM, KVCache, greedy
 
 SPLIT_SEED = 20240606
 PRETRAIN_SEED = 6
@@ -279,11 +279,30 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(d_model)
         self.mlp = nn.Sequential(nn.Linear(d_model, d_mlp), nn.GELU(), nn.Linear(d_mlp, d_model))
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        h: torch.Tensor,
+        past: list[torch.Tensor] | None = None,
+        seen: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``h`` holds the new positions. With ``past`` (decoding from a cache): the keys and
+        values of the positions before them, ``[keys, values]`` ``(N, heads, P, d_head)``
+        (empty at first), extended here by the new ones, and ``seen`` ``(N or 1, T, P + T)``,
+        which positions each new one attends to (``KVCache.positions``)."""
         n, t, d = h.shape
-        q, k, v = self.qkv(self.ln1(h)).view(n, t, 3, self.n_heads, d // self.n_heads).unbind(2)
+        q, k, v = (
+            part.transpose(1, 2)
+            for part in self.qkv(self.ln1(h))
+            .view(n, t, 3, self.n_heads, d // self.n_heads)
+            .unbind(2)
+        )
+        if past is not None:
+            if past:
+                k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+            past[:] = [k, v]
+        mask = None if seen is None else seen[:, None]
         mixed = nn.functional.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            q, k, v, attn_mask=mask, is_causal=mask is None
         )
         h = h + self.out(mixed.transpose(1, 2).reshape(n, t, d))
         return h + self.mlp(self.ln2(h))
@@ -318,20 +337,32 @@ class TinyGPT(CausalLM):
     def embedding_matrix(self) -> torch.Tensor:
         return self.tokens.weight
 
-    def _residual(self, x: torch.Tensor) -> torch.Tensor:
+    supports_cache = True
+
+    def _residual(self, x: torch.Tensor, position: torch.Tensor | None = None) -> torch.Tensor:
         h = x if x.is_floating_point() else self.tokens(x)
         if h.dim() != 3:
             raise ValueError(f"tinylm takes ids (N, T) or embeddings (N, T, d), not {x.shape}")
-        if h.shape[1] > self.context_len:
-            raise ValueError(
-                f"{h.shape[1]} tokens exceed tinylm's context of {self.context_len} tokens"
-            )
-        return h + self.positions[: h.shape[1]]
+        last = h.shape[1] if position is None else int(position.max()) + 1
+        if last > self.context_len:
+            raise ValueError(f"{last} tokens exceed tinylm's context of {self.context_len} tokens")
+        if position is None:
+            return h + self.positions[: h.shape[1]]
+        return h + self.positions[position]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self._residual(x)
-        for block in self.blocks:
-            h = block(h)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        if cache is None:
+            h = self._residual(x)
+            for block in self.blocks:
+                h = block(h)
+        else:
+            if cache.state is None:
+                cache.state = [[] for _ in self.blocks]
+            position, seen = cache.positions(x.shape[1])
+            h = self._residual(x, position)
+            for block, past in zip(self.blocks, cache.state, strict=True):
+                h = block(h, past, seen)
+            cache.length += x.shape[1]
         return self.ln_f(h) @ self.tokens.weight.T
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
