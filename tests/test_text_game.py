@@ -58,6 +58,9 @@ def test_a_text_game_scores_tdc_metrics(text_zoo: tuple[Zoo, bytes], tmp_path: P
     # against the true triggers (recall 0.10-0.18 there).
     assert gcg_bad.recovery["reasr"] > 0.2
     assert 0.0 <= gcg_bad.recovery["trigger_recall"] <= 1.0
+    # Beside it, the yardstick: as many random phrases as gcg made candidates, drawn as the
+    # attack draws its triggers (0.17-0.18 for 5 per target in lm_trojans_tinylm_n10_s0.md).
+    assert 0.0 < gcg_bad.recovery["chance_recall"] < 0.5
     assert gcg_bad.witness_asr is not None
     assert gcg_clean.recovery == {}
     assert gcg_bad.p_violation > gcg_clean.p_violation

@@ -18,7 +18,7 @@ from pydantic import BaseModel
 from auditgame import metrics
 from auditgame.errors import RegistryError
 from auditgame.score import Score
-from auditgame.violation import kind_of
+from auditgame.violation import Metric, kind_of
 
 ALL = "all"
 
@@ -65,9 +65,27 @@ def _target_accuracy(bad: list[Score]) -> float | None:
 
 
 def _recovery(bad: list[Score]) -> dict[str, float]:
-    """Each recovery metric's mean over the backdoored organisms that have it."""
+    """Each recovery metric's mean over the backdoored organisms that have it, and for a
+    metric with a chance level, the ratio of the two means (``over_chance``)."""
     names = sorted({m for s in bad for m in s.recovery})
-    return {m: fmean(s.recovery[m] for s in bad if m in s.recovery) for m in names}
+    out = {m: fmean(s.recovery[m] for s in bad if m in s.recovery) for m in names}
+    for violation in dict.fromkeys(s.violation for s in bad):
+        for metric in _declared(violation):
+            if metric.chance_of in out and out.get(metric.name, 0.0) > 0.0:
+                out[over_chance(metric.chance_of)] = out[metric.chance_of] / out[metric.name]
+    return out
+
+
+def over_chance(name: str) -> str:
+    """The leaderboard's key for metric ``name`` over its chance level."""
+    return f"{name}_over_chance"
+
+
+def _declared(violation: str) -> tuple[Metric, ...]:
+    try:
+        return kind_of(violation).metrics if violation else ()
+    except RegistryError:
+        return ()
 
 
 def _row(auditor: str, family: str, attack: str, scores: list[Score]) -> LeaderRow:
@@ -128,11 +146,14 @@ def recovery_columns(rows: Sequence[LeaderRow]) -> list[tuple[str, str]]:
     this installation does not have), under its own name."""
     columns: dict[str, str] = {}
     for violation in dict.fromkeys(r.violation for r in rows):
-        try:
-            declared = kind_of(violation).metrics if violation else ()
-        except RegistryError:
-            declared = ()
-        columns.update((m.name, m.label) for m in declared)
+        declared = _declared(violation)
+        labels = {m.name: m.label for m in declared}
+        for m in declared:
+            columns[m.name] = m.label
+            if m.chance_of:
+                columns[over_chance(m.chance_of)] = (
+                    f"{labels.get(m.chance_of, m.chance_of)} / chance"
+                )
     for r in rows:
         columns.update((m, m) for m in r.recovery if m not in columns)
     return list(columns.items())

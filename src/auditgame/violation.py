@@ -96,11 +96,15 @@ class Metric:
         name: the key in ``Score.recovery`` and in the store's ``recovery`` table.
         label: the leaderboard column's heading.
         about: what it measures, with the formula's home (``judge.*``).
+        chance_of: when set, this metric is the chance level of the named one: what guesses
+            drawn from the attack's public distribution score on it (``ViolationKind.chance``).
+            The leaderboard then also shows the named metric's mean over this one's.
     """
 
     name: str
     label: str
     about: str
+    chance_of: str = ""
 
 
 @dataclass(frozen=True)
@@ -165,6 +169,18 @@ class ViolationKind:
     ) -> dict[str, float]:
         """Named metrics (of ``metrics``) comparing the planted trigger with the found one;
         only those that apply (none when the finding returned no trigger)."""
+        return {}
+
+    def chance(
+        self,
+        family: str,
+        planted: dict[str, Any] | None,
+        found: dict[str, Any] | None,
+        rng: np.random.Generator,
+    ) -> dict[str, float]:
+        """The chance levels (metrics with ``chance_of``) of the recovery metrics for this
+        finding: what as many guesses as it made, drawn at random from the family's public
+        trigger distribution, would have scored against ``planted``. None by default."""
         return {}
 
     def picture(self, raw: dict[str, Any]) -> Picture | None:
