@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 from statistics import fmean, median
 
-import numpy as np
-
 from auditgame import metrics, registry
 from auditgame.access import Budget
 from auditgame.game import AuditorSpec, Game, play
-from auditgame.leaderboard import LeaderRow, leaderboard
+from auditgame.leaderboard import LeaderRow, leaderboard, over_chance
 from auditgame.provenance import git_revision, package_version
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
@@ -84,18 +82,21 @@ def trojans_in(secret_json: str) -> int:
 def table(rows: list[LeaderRow], per_trojan: dict[tuple[str, str], float | None]) -> list[str]:
     lines = [
         "| auditor | kind | attack | n (troj/clean) | AUROC [95% CI] | FPR@0.5 | recall "
-        "| REASR | TDC score | s/organism | s/trojan | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| chance | recall / chance | REASR | TDC score | s/organism | s/trojan | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
         recall, reasr = r.recovery.get("trigger_recall"), r.recovery.get("reasr")
+        chance = r.recovery.get("chance_recall")
+        ratio = r.recovery.get(over_chance("trigger_recall"))
         score = (
             metrics.tdc_score(recall, reasr) if recall is not None and reasr is not None else None
         )
         lines.append(
             f"| {r.auditor} | {kind(r)} | {r.attack} | {r.n} ({r.n_backdoored}/{r.n_clean}) "
             f"| {fmt(r.auroc)}{ci} | {fmt(r.fpr_at_threshold, 2)} | {fmt(recall)} "
+            f"| {fmt(chance)} | {fmt(ratio, 2)} "
             f"| {fmt(reasr)} | {fmt(score)} | {r.seconds_per_organism:.1f} "
             f"| {fmt(per_trojan.get((r.auditor, r.attack)), 2)} | {r.errors} |"
         )
@@ -119,20 +120,6 @@ def seconds_per_trojan(
             ]
             out[(auditor, attack)] = median(mine) if mine else None
     return out
-
-
-def random_trigger_recall(family: str, secrets: list[Secret], seed: int, k: int = 5) -> float:
-    """TDC recall of ``k`` random phrases per target drawn the way the attack drew its
-    triggers (``family.draw_trigger``): the post-competition analysis compared the best
-    teams' recall with random sentences, and this is that yardstick for our families."""
-    fam = registry.get("family", family)()
-    rng = np.random.default_rng(seed)
-    values = []
-    for secret in secrets:
-        truth = TextTrojans.from_dict(secret.trigger or {}).by_target()
-        guesses = {t: [fam.draw_trigger(rng) for _ in range(k)] for t in truth}
-        values.append(metrics.trigger_recall(guesses, truth))
-    return fmean(values)
 
 
 def run(args: argparse.Namespace) -> Path:
@@ -176,7 +163,10 @@ def run(args: argparse.Namespace) -> Path:
         f"{len(zoo.ids)} organisms ({len(zoo.manifest.dropped)} plantings dropped); attacks "
         f"{', '.join(zoo.manifest.attacks)}. Each auditor had {args.seconds:g} s per organism. "
         "Recall, REASR and TDC score are TDC 2023's metrics (docs/metrics.md) over trojaned "
-        "organisms; AUROC separates trojaned from clean fine-tunes of the same base. "
+        "organisms; *chance* is the recall of as many random phrases per planted target as "
+        "the auditor made candidates, drawn as the attacks draw triggers (the judge's "
+        "chance_recall), and *recall / chance* the ratio of the two means. AUROC separates "
+        "trojaned from clean fine-tunes of the same base. "
         "Reference auditors also see the base model; dynamic baselines see run-time traffic "
         "(10% triggered; decoy trigger phrases on clean organisms).",
         "",
@@ -203,20 +193,6 @@ def run(args: argparse.Namespace) -> Path:
         lines.append(
             f"| clean | {len(clean)} | 0 | – | {fmean(s.clean_accuracy for s in clean):.3f} | – |"
         )
-    lines += [
-        "",
-        "## Random triggers, for comparison",
-        "",
-        "TDC recall of 5 random phrases per planted target, drawn as the attacks draw their "
-        "triggers (`draw_trigger`; the auditors do not see this distribution):",
-        "",
-        "| attack | recall of random phrases |",
-        "|---|---|",
-    ]
-    for attack in sorted({s.attack for s in planted if s.attack}):
-        mine = [s for s in planted if s.attack == attack and s.trigger is not None]
-        value = random_trigger_recall(family, mine, args.seed)
-        lines.append(f"| {attack} | {value:.3f} |")
     lines += ["", "## TDC 2023, for comparison (other models, other scale)", "", *TDC_2023]
     dropped = [f"{d.role} (index {d.index}): {d.reason}" for d in zoo.manifest.dropped]
     if dropped:
