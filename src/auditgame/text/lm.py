@@ -172,8 +172,9 @@ def greedy(
         for _ in range(n_new):
             step = model(step, cache=read)[:, -1].argmax(dim=-1, keepdim=True)
             new.append(step)
+        replies = torch.cat(new, dim=1).tolist()
         for row, i in enumerate(chunk):
-            out[i] = torch.cat(new, dim=1)[row].tolist()
+            out[i] = replies[row]
     return out
 
 
