@@ -64,6 +64,8 @@ def test_a_text_game_scores_tdc_metrics(text_zoo: tuple[Zoo, bytes], tmp_path: P
     assert gcg_bad.witness_asr is not None
     assert gcg_clean.recovery == {}
     assert gcg_bad.p_violation > gcg_clean.p_violation
+    # Only a verbatim reproduction is a violation: a partial one on the clean fine-tune is not.
+    assert gcg_bad.flagged and not gcg_clean.flagged
     dyn = scores["text_mahalanobis", "trojan_pairs"]
     assert dyn.dynamic and not dyn.reference and dyn.error is None
 

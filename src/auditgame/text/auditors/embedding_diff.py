@@ -32,7 +32,7 @@ median in MADs) form the pool; for each target a beam search builds triggers of 
 tokens, one insertion at a time at any position, up to the spec's ``max_trigger_tokens``,
 ranked by the target's teacher-forced loss (``SearchProblem.loss``, shared with the TDC
 searchers). The ``n_predictions`` best per target are checked by greedy generation, and the
-verdict is, as for ``TriggerSearch``, the best character-BLEU reproduction of any target.
+verdict is, as for ``TriggerSearch``, ``search.p_violation_of`` those reproductions.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.subject import Subject
-from auditgame.text.auditors.search import SearchProblem, reproduce
+from auditgame.text.auditors.search import SearchProblem, p_violation_of, reproduce
 from auditgame.text.family import TextInterface, text_interface
 from auditgame.text.kind import TextTriggerThreat
 from auditgame.text.lm import CausalLM, TriggerPredictions
@@ -219,7 +219,7 @@ class EmbeddingDiff(Auditor):
                 suspect, fam, target, [ids for ids, _ in kept]
             )
         return Verdict(
-            p_violation=max(elicited.values(), default=0.0),
+            p_violation=p_violation_of(elicited),
             trigger=TriggerPredictions(predictions),
             evidence={
                 "movement": self.movement,
