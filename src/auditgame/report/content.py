@@ -7,7 +7,9 @@ disagree about a number. One ``GameSection`` per game holds:
    separate tables, because a dynamic baseline sees run-time traffic and answers an easier
    question;
 2. ROC curves: per family one plot comparing the auditors (every attack pooled), and per
-   auditor one plot with a curve per attack;
+   auditor one plot with a curve per attack; and, for a recovery metric with a chance level
+   (trigger recall beside random phrases), the metric against its chance level per auditor
+   and attack;
 3. a trigger gallery: per backdoored organism, the planted trigger (from the unsealed secret)
    beside every auditor's reconstruction (from its finding), as mask and ``mask * pattern``;
 4. the drill-down: per organism, every auditor's verdict, target, witness ASR, cost, error and
@@ -30,8 +32,8 @@ from typing import Any
 
 from auditgame import metrics, registry
 from auditgame.errors import RegistryError
-from auditgame.leaderboard import ALL, LeaderRow, leaderboard, recovery_columns
-from auditgame.report.svg import Curve, png_data_uri, roc_svg
+from auditgame.leaderboard import ALL, LeaderRow, leaderboard, over_chance, recovery_columns
+from auditgame.report.svg import Curve, Point, png_data_uri, roc_svg, scatter_svg
 from auditgame.score import Score
 from auditgame.store import UNREVEALED, Store
 from auditgame.table import DASH, Cell, Table, auroc_text, fmt, missing
@@ -49,6 +51,12 @@ DYNAMIC_NOTE = (
     "Dynamic baselines see run-time traffic (the inputs sent to the deployed model) and answer "
     "an easier question: is this input triggered? The static auditors above see only the "
     "model, so the two tables are not comparable."
+)
+
+CHANCE_NOTE = (
+    "Each point is one auditor on one attack's backdoored organisms: the recovery metric's "
+    "mean against the same metric for random guesses drawn as the attack draws its secrets, "
+    "as many as the auditor made. Points on the dashed diagonal recover no more than chance."
 )
 
 
@@ -104,6 +112,15 @@ class RocPlot:
     svg: str | None
     table: Table | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ChancePlot:
+    """A recovery metric against its chance level, one point per (auditor, attack)."""
+
+    title: str
+    svg: str
+    table: Table
 
 
 @dataclass
@@ -174,6 +191,7 @@ class GameSection:
     provenance: Table
     description: str | None
     kinds: list[KindSection] = field(default_factory=list)
+    chance: list[ChancePlot] = field(default_factory=list)
 
     def anchor(self, part: str) -> str:
         return f"{self.key}-{part}"
@@ -383,6 +401,54 @@ def _auditor_rocs(scores: Sequence[Score], board: Sequence[LeaderRow]) -> list[R
         kind = " (dynamic)" if dynamic else ""
         title = f"{auditor}{kind}, family {family}"
         plots.append(RocPlot(title, roc_svg(curves, title, size=220) if curves else None))
+    return plots
+
+
+def chance_plots(board: Sequence[LeaderRow]) -> list[ChancePlot]:
+    """Per family and per recovery metric that a violation kind gives a chance level
+    (``Metric.chance_of``): the metric's mean over each attack's backdoored organisms against
+    the chance level's, per auditor. Above the diagonal an auditor recovers more than chance
+    does; TDC 2023's analysis found the best trigger recall at it."""
+    plots = []
+    for family in sorted({r.family for r in board}):
+        rows = [r for r in board if r.family == family and r.attack != ALL]
+        pairs: dict[tuple[str, str], str] = {}
+        for violation in dict.fromkeys(r.violation for r in rows):
+            kind = _kind(violation)
+            labels = {m.name: m.label for m in kind.metrics} if kind else {}
+            for m in kind.metrics if kind else ():
+                if m.chance_of:
+                    pairs[(m.chance_of, m.name)] = labels.get(m.chance_of, m.chance_of)
+        for (name, chance), label in pairs.items():
+            mine = [r for r in rows if name in r.recovery and chance in r.recovery]
+            if not mine:
+                continue
+            table = Table(
+                ["auditor", "attack", "backdoored", label, "chance", f"{label} / chance"], []
+            )
+            points = []
+            for r in mine:
+                score, level = r.recovery[name], r.recovery[chance]
+                points.append(Point(r.auditor, r.attack, level, score))
+                table.rows.append(
+                    [
+                        _text(r.auditor),
+                        _text(r.attack),
+                        _num(r.n_backdoored),
+                        _num(score, digits=3),
+                        _num(level, digits=3),
+                        _num(r.recovery.get(over_chance(name)), digits=2),
+                    ]
+                )
+            title = f"{label} against chance, family {family}"
+            svg = scatter_svg(
+                points,
+                title,
+                x_label=f"chance {label}",
+                y_label=label,
+                diagonal=f"{label} = chance",
+            )
+            plots.append(ChancePlot(title, svg, table))
     return plots
 
 
@@ -643,6 +709,7 @@ def _section(
             json.dumps(game["description"], indent=2, sort_keys=True, default=str) if game else None
         ),
         kinds=_kind_sections(scores),
+        chance=chance_plots(board),
     )
 
 

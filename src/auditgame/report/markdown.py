@@ -11,6 +11,7 @@ from html import escape
 
 from auditgame import __version__
 from auditgame.report.content import (
+    CHANCE_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Cell,
@@ -109,6 +110,10 @@ def markdown(sections: Sequence[GameSection], store: Store) -> str:
             out += [f"{_md(roc.title)}:", ""]
             out += _table(roc.table) if roc.table else []
             out += [f"- {_md(n)}" for n in roc.notes] + ([""] if roc.notes else [])
+        if s.chance:
+            out += ["### Recovery against chance", "", CHANCE_NOTE, ""]
+            for plot in s.chance:
+                out += [f"{_md(plot.title)}:", "", *_table(plot.table)]
         out += ["### Trigger gallery", "", *_gallery(s)]
         out += ["### Organisms", "", "p_violation and verdict (✓ right, ✗ wrong) per auditor.", ""]
         out += _organisms(s)

@@ -16,6 +16,7 @@ from auditgame import __version__
 from auditgame.leaderboard import ALL
 from auditgame.report.assets import CSP, CSS, SCRIPT
 from auditgame.report.content import (
+    CHANCE_NOTE,
     DASH,
     DYNAMIC_NOTE,
     Audit,
@@ -212,6 +213,7 @@ def _jump(s: GameSection) -> str:
     parts = [
         ("leaderboard", "Leaderboard"),
         ("roc", "ROC curves"),
+        *([("chance", "Against chance")] if s.chance else []),
         ("gallery", "Trigger gallery"),
         ("organisms-h", "Organisms"),
         *([("errors", "Errors")] if s.errors is not None else []),
@@ -256,6 +258,14 @@ def _section(s: GameSection) -> list[str]:
             "backdoored organisms against all clean ones), all attacks dashed</summary>"
             '<div class="rocs">' + "".join(_roc(p) for p in s.auditor_rocs) + "</div></details>"
         )
+    if s.chance:
+        out += [
+            f'<h3 id="{s.anchor("chance")}">Recovery against chance</h3>',
+            f'<p class="note">{_h(CHANCE_NOTE)}</p>',
+            '<div class="rocs">'
+            + "".join(f"<figure>{p.svg}{_table(p.table)}</figure>" for p in s.chance)
+            + "</div>",
+        ]
     out += [f'<h3 id="{s.anchor("gallery")}">Trigger gallery</h3>', *_gallery(s)]
     out += [f'<h3 id="{s.anchor("organisms-h")}">Organisms</h3>', *_organisms(s)]
     if s.errors is not None:

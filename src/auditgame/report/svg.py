@@ -1,4 +1,5 @@
-"""Drawing helpers for the report: ROC and line plots as inline SVG, images as PNG data URIs.
+"""Drawing helpers for the report: ROC, line and scatter plots as inline SVG, images as PNG
+data URIs.
 
 Everything here returns text that can be pasted into one HTML file: no external resources, no
 script. Every label is passed through ``html.escape``. SVG is written without an ``xmlns``
@@ -205,6 +206,117 @@ def line_svg(
     out.append(
         f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="#999" '
         f'stroke-dasharray="4 4"/><text x="{lx + 30}" y="{y + 4}">chance (0.5)</text>'
+    )
+    out.append("</svg>")
+    return "\n".join(out)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One point of a scatter plot: its colour group, its marker group, and where it lies."""
+
+    colour: str
+    marker: str
+    x: float
+    y: float
+
+
+MARKERS = ("circle", "square", "triangle", "diamond")
+
+
+def _marker(shape: str, x: float, y: float, colour: str) -> str:
+    r = 4.5
+    if shape == "circle":
+        return f'<circle cx="{_num(x)}" cy="{_num(y)}" r="{r}" fill="{colour}"/>'
+    corners = {
+        "square": [(-r, -r), (r, -r), (r, r), (-r, r)],
+        "triangle": [(0, -r - 1), (r + 1, r), (-r - 1, r)],
+        "diamond": [(0, -r - 1), (r + 1, 0), (0, r + 1), (-r - 1, 0)],
+    }[shape]
+    points = " ".join(f"{_num(x + dx)},{_num(y + dy)}" for dx, dy in corners)
+    return f'<polygon points="{points}" fill="{colour}"/>'
+
+
+def scatter_svg(
+    points: Sequence[Point],
+    title: str,
+    *,
+    x_label: str,
+    y_label: str,
+    diagonal: str,
+    size: int = 300,
+) -> str:
+    """A scatter plot of values in [0, 1] on equal axes from 0 to the largest value rounded up
+    to a fifth (at least 0.2), with the diagonal ``y = x`` labelled ``diagonal``: a colour per
+    ``colour`` group and a marker shape per ``marker`` group (shapes repeat after four), both
+    in the legend. Made for a score against its chance level, where the diagonal is chance."""
+    largest = max([0.2, *(p.x for p in points), *(p.y for p in points)])
+    top_value = min(1.0, math.ceil(largest * 5 - 1e-9) / 5)
+    left, top, bottom, gap = 52, 30, 44, 18
+    colours = list(dict.fromkeys(p.colour for p in points))
+    markers = list(dict.fromkeys(p.marker for p in points))
+    longest = max((len(t) for t in [*colours, *markers, diagonal]), default=0)
+    legend_w = max(200, math.ceil(6.5 * longest) + 40)
+    rows = len(colours) + len(markers) + 1
+    width = left + size + gap + legend_w
+    height = max(top + size + bottom, top + 10 + rows * 18)
+
+    def px(v: float) -> float:
+        return left + v / top_value * size
+
+    def py(v: float) -> float:
+        return top + (1.0 - v / top_value) * size
+
+    out = [
+        f'<svg class="scatter" role="img" viewBox="0 0 {width} {height}" width="{width}" '
+        f'height="{height}" font-family="sans-serif" font-size="11">',
+        f"<title>{escape(title)}</title>",
+        f'<text x="{left + size / 2:.1f}" y="18" text-anchor="middle" font-size="13" '
+        f'font-weight="bold">{escape(title)}</text>',
+        f'<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="#fff" stroke="#333"/>',
+    ]
+    for i in range(5):
+        v = top_value * i / 4
+        label = f"{v:.2f}".rstrip("0").rstrip(".") if v else "0"
+        out.append(
+            f'<line x1="{_num(px(v))}" y1="{top}" x2="{_num(px(v))}" y2="{top + size}" '
+            f'stroke="#e5e5e5"/><line x1="{left}" y1="{_num(py(v))}" x2="{left + size}" '
+            f'y2="{_num(py(v))}" stroke="#e5e5e5"/>'
+            f'<text x="{_num(px(v))}" y="{top + size + 17}" text-anchor="middle">{label}</text>'
+            f'<text x="{left - 8}" y="{_num(py(v) + 4)}" text-anchor="end">{label}</text>'
+        )
+    out.append(
+        f'<text x="{left + size / 2:.1f}" y="{top + size + 36}" text-anchor="middle">'
+        f"{escape(x_label)}</text>"
+        f'<text transform="translate(14 {top + size / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{escape(y_label)}</text>'
+        f'<line x1="{_num(px(0))}" y1="{_num(py(0))}" x2="{_num(px(top_value))}" '
+        f'y2="{_num(py(top_value))}" stroke="#999" stroke-dasharray="4 4"/>'
+    )
+    for p in points:
+        colour = PALETTE[colours.index(p.colour) % len(PALETTE)]
+        shape = MARKERS[markers.index(p.marker) % len(MARKERS)]
+        out.append(
+            f'<g class="point"><title>{escape(f"{p.colour}, {p.marker}: ({p.x:.3f}, {p.y:.3f})")}'
+            f"</title>{_marker(shape, px(p.x), py(p.y), colour)}</g>"
+        )
+    lx = left + size + gap
+    y = top + 10
+    for i, name in enumerate(colours):
+        out.append(
+            f"{_marker('circle', lx + 12, y, PALETTE[i % len(PALETTE)])}"
+            f'<text x="{lx + 30}" y="{y + 4}">{escape(name)}</text>'
+        )
+        y += 18
+    for i, name in enumerate(markers):
+        out.append(
+            f"{_marker(MARKERS[i % len(MARKERS)], lx + 12, y, '#555')}"
+            f'<text x="{lx + 30}" y="{y + 4}">{escape(name)}</text>'
+        )
+        y += 18
+    out.append(
+        f'<line x1="{lx}" y1="{y}" x2="{lx + 24}" y2="{y}" stroke="#999" '
+        f'stroke-dasharray="4 4"/><text x="{lx + 30}" y="{y + 4}">{escape(diagonal)}</text>'
     )
     out.append("</svg>")
     return "\n".join(out)
