@@ -434,7 +434,7 @@ def chance_plots(board: Sequence[LeaderRow]) -> list[ChancePlot]:
                     [
                         _text(r.auditor),
                         _text(r.attack),
-                        _num(r.n_backdoored),
+                        _num(r.n_backdoored, str(r.n_backdoored)),
                         _num(score, digits=3),
                         _num(level, digits=3),
                         _num(r.recovery.get(over_chance(name)), digits=2),
