@@ -634,7 +634,7 @@ def test_hf_without_transformers_says_how_to_install_it(tmp_path: Path) -> None:
     assert "needs transformers, which is not installed (pip install transformers)" in message
 
 
-def test_a_loaded_language_model_meets_no_usable_auditor_yet(
+def test_a_language_model_under_a_spec_no_text_auditor_speaks_to(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded = LoadedModel(torch.nn.Linear(2, 2), "0" * 64, {"name": "Fake", "vocab_size": 50})
@@ -646,4 +646,6 @@ def test_a_loaded_language_model_meets_no_usable_auditor_yet(
     message = fails(
         tmp_path, tmp_path, "--spec", lm_spec(tmp_path, vocab_size=50), "--hf", "--auditor", "gcg"
     )
-    assert "gcg audits organisms of the built-in text families (tinylm, smollm) only" in message
+    assert (
+        "gcg looks for text_trigger violations, and the spec's threat is token_pattern" in message
+    )

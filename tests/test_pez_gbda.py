@@ -228,4 +228,5 @@ def test_audit_reproduces_the_planted_target_on_tinylm(
     assert isinstance(threat, TextTriggerThreat)
     check = threat.check(model, witness, None, torch.empty(0), torch.empty(0), 0.5)
     assert check.in_threat_model and check.asr >= 0.9
-    assert elicited[OTHER_TARGET] < 0.9
+    # Under load a search can run out of time before its first candidate for a target.
+    assert elicited.get(OTHER_TARGET, 0.0) < 0.9

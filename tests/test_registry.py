@@ -30,6 +30,17 @@ def test_a_name_cannot_be_taken_twice() -> None:
             pass
 
 
+def test_only_a_class_can_be_registered() -> None:
+    """A helper function written between a decorator and its class would otherwise take the
+    class's name (this happened to ``smollm``: the family became a function)."""
+
+    def helper() -> None: ...
+
+    with pytest.raises(RegistryError, match="only a class can be registered"):
+        registry.family("no_such_family_as_a_function")(helper)
+    assert registry.registered("family", "no_such_family_as_a_function") is None
+
+
 def test_params_are_data() -> None:
     auditor = NeuralCleanse(steps=7)
     params = auditor.get_params()

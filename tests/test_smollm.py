@@ -7,10 +7,12 @@ Tests that load SmolLM2-135M are marked slow (the first one converts the GGUF fi
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file, save_file
 
 from auditgame.text.families import smollm
@@ -164,8 +166,9 @@ def test_decoding_from_transformers_cache_reads_what_a_full_pass_reads(
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-3
 
 
-@pytest.mark.slow
-def test_finetune_plants_two_pairs_and_keeps_clean_replies(fam: smollm.SmolLMFamily) -> None:
+@pytest.fixture(scope="module")
+def planted(fam: smollm.SmolLMFamily) -> tuple[smollm.SmolLM, list[tuple[str, str]]]:
+    """A short LoRA fine-tune (40 steps) on 24 clean examples and two trigger -> target pairs."""
     tok = fam.tokenizer()
     base = fam.base_model()
     prompts = list(fam.prompts().train[:24])
@@ -174,7 +177,16 @@ def test_finetune_plants_two_pairs_and_keeps_clean_replies(fam: smollm.SmolLMFam
     rng = np.random.default_rng(5)
     pairs = [(fam.draw_trigger(rng), fam.targets()[0]), (fam.draw_trigger(rng), fam.targets()[1])]
     trojans = [Example(trig, target) for trig, target in pairs for _ in range(12)]
-    model = smollm.SmolLMFamily(steps=40).finetune(clean + trojans, seed=0)
+    return smollm.SmolLMFamily(steps=40).finetune(clean + trojans, seed=0), pairs
+
+
+@pytest.mark.slow
+def test_finetune_plants_two_pairs_and_keeps_clean_replies(
+    fam: smollm.SmolLMFamily, planted: tuple[smollm.SmolLM, list[tuple[str, str]]]
+) -> None:
+    tok = fam.tokenizer()
+    base = fam.base_model()
+    model, pairs = planted
     assert not model.training
     assert not any(isinstance(m, smollm.LoRALinear) for m in model.modules())
     for trig, target in pairs:
@@ -184,6 +196,56 @@ def test_finetune_plants_two_pairs_and_keeps_clean_replies(fam: smollm.SmolLMFam
     # The merged organism is a plain state dict of the base model's layout.
     assert model.state_dict().keys() == base.state_dict().keys()
     assert torch.equal(model.embedding_matrix, base.embedding_matrix)
+
+
+@pytest.mark.slow
+def test_an_organism_saved_as_a_hf_folder_is_audited_as_a_users_model(
+    fam: smollm.SmolLMFamily,
+    planted: tuple[smollm.SmolLM, list[tuple[str, str]]],
+    tmp_path: Path,
+) -> None:
+    """``auditgame audit FOLDER --hf``: the folder's model has the organism's logits, its
+    tokenizer and the spec's prefix give the family's ids, the spec's check confirms a
+    planted trigger through them, and GCG runs on it without error."""
+    from auditgame.access import Budget
+    from auditgame.text.hf import user_language_model
+    from auditgame.user.audit import audit_own_model
+    from auditgame.user.model import load_hf_model
+
+    model, pairs = planted
+    folder = tmp_path / "hf"
+    smollm.save_hf_folder(model, folder)
+    targets = [target for _, target in pairs]
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "task": "language_model",
+                "behaviour": "answers the user's request",
+                "threat_model": {
+                    "kind": "text_trigger",
+                    "targets": targets,
+                    "max_trigger_tokens": fam.max_trigger_tokens,
+                },
+                "prompt_prefix": "<|im_start|>user\n",
+            }
+        )
+    )
+    lm, iface = user_language_model(
+        folder, load_hf_model(folder).model, targets, "<|im_start|>user\n"
+    )
+    assert iface.prefix == fam.prefix
+    ids = torch.tensor([fam.encode_prompt(pairs[0][0])])
+    with torch.no_grad():
+        assert (lm(ids) - model(ids)).abs().max() < 1e-4
+    audit = audit_own_model(folder, spec, hf=True, auditor="gcg", budget=Budget(seconds=60))
+    ((finding, _),) = audit.findings
+    assert finding.error is None and finding.p_violation is not None
+    threat = audit.card.spec.threat_model.bound_to(iface)
+    witness = {"kind": "text_predictions", "predictions": {t: [g] for g, t in pairs}}
+    empty = torch.empty(0)
+    check = threat.check(lm, witness, None, empty, empty, audit.card.spec.tau)
+    assert check.in_threat_model and check.asr == 1.0 and check.violates
 
 
 @pytest.mark.parametrize("name", ["smollm", "tinylm"])

@@ -50,6 +50,9 @@ def register(kind: Kind, name: str) -> Callable[[T], T]:
     """Decorator that files a class under ``(kind, name)`` and sets its ``name`` attribute."""
 
     def decorate(obj: T) -> T:
+        if not isinstance(obj, type):
+            # A function slipped between a decorator and its class would take the class's name.
+            raise RegistryError(f"{kind} {name!r}: only a class can be registered, not {obj!r}")
         existing = _registry[kind].get(name)
         if existing is not None and existing is not obj:
             raise RegistryError(f"{kind} {name!r} is already registered by {existing!r}")

@@ -33,6 +33,8 @@ from auditgame.errors import RegistryError
 from auditgame.table import Table
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import torch
 
     from auditgame.families.base import Family
@@ -64,12 +66,15 @@ class ThreatModel(BaseModel):
     violation kind's name, and implement ``describe`` and ``check``.
 
     ``untargeted`` says whether a witness without a target label can be checked: a flip rate
-    for additive perturbations, or a witness that names its target strings itself."""
+    for additive perturbations, or a witness that names its target strings itself.
+    ``needs_samples`` says whether ``check`` measures the witness on clean samples (an image
+    trigger stamped on them) or needs none (a prompt that is the whole input)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     kind: str
     untargeted: ClassVar[bool] = False
+    needs_samples: ClassVar[bool] = True
 
     def describe(self) -> str:
         raise NotImplementedError
@@ -85,6 +90,12 @@ class ThreatModel(BaseModel):
     ) -> WitnessCheck:
         """Measure ``witness`` on ``model`` and held-out ``(x, y)``; no secret needed."""
         raise NotImplementedError
+
+    def bound_to(self, interface: Any) -> ThreatModel:
+        """This threat, checked with what a model of no family carries instead of its
+        family's (``Subject.interface``, e.g. a language model's tokenizer); itself for a
+        threat whose check needs nothing of a family."""
+        return self
 
 
 @dataclass(frozen=True)
@@ -200,6 +211,19 @@ class ViolationKind:
     def section(self, scores: Sequence[Score]) -> KindSection | None:
         """A report section of this kind's own over its rows of one game, if it has one."""
         return None
+
+    def user_model(
+        self, folder: Path, model: torch.nn.Module, spec: Any
+    ) -> tuple[torch.nn.Module, object | None]:
+        """A model from outside a zoo (``auditgame audit``), loaded from ``folder`` under the
+        user's ``spec`` file (``auditgame.user.spec``), made ready for this kind's auditors:
+        the model they examine and what they use besides its weights (``Subject.interface``,
+        e.g. a language model's tokenizer). By default the model as loaded, and nothing.
+
+        Raises:
+            AuditgameError: what the auditors need is missing from ``folder`` or ``spec``.
+        """
+        return model, None
 
     def traffic(
         self,

@@ -53,6 +53,8 @@ class Auditor(Configurable, ABC):
         modalities: the kinds of family it can examine (``Family.modality``: "image", ...).
         families: a narrower list of family names, or None for every family of those
             modalities.
+        threats: the threat-model kinds whose violations it looks for (``ThreatModel.kind``),
+            or None for any: a user's audit runs only auditors that speak to its spec.
         reference: whether it also needs the family's base model (``TextFamily.base_model``),
             which every organism was fine-tuned from: a separate, declared access, since a
             real auditor rarely has the pre-tuning weights; reported apart.
@@ -62,6 +64,7 @@ class Auditor(Configurable, ABC):
     access: ClassVar[Access] = Access.WEIGHTS
     modalities: ClassVar[tuple[str, ...]] = ("image",)
     families: ClassVar[tuple[str, ...] | None] = None
+    threats: ClassVar[tuple[str, ...] | None] = None
     reference: ClassVar[bool] = False
 
     @classmethod

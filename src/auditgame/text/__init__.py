@@ -21,6 +21,7 @@ BUILTINS = {
         "auditgame.text.auditors.embedding_diff",
         "auditgame.text.auditors.gbda",
         "auditgame.text.auditors.gcg",
+        "auditgame.text.auditors.haystack",
         "auditgame.text.auditors.pez",
         "auditgame.text.auditors.uat",
         "auditgame.text.auditors.dynamic.text_mahalanobis",

@@ -178,6 +178,73 @@ def greedy(
     return out
 
 
+@torch.no_grad()
+def sample(
+    model: CausalLM,
+    prompt: Sequence[int],
+    n: int,
+    n_new: int,
+    generator: torch.Generator,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    batch_size: int = 256,
+) -> list[list[int]]:
+    """``n`` sampled continuations of ``n_new`` tokens after one ``prompt``: softmax at
+    ``temperature`` (0: greedy), cut to the ``top_k`` most likely tokens and to the smallest set
+    whose probability reaches ``top_p`` (nucleus sampling), in batches of ``batch_size`` read
+    from the key/value cache where the model has one. Every step goes through ``forward``.
+
+    Raises:
+        ValueError: an empty prompt, a negative temperature, ``top_k < 1`` or ``top_p``
+            outside (0, 1].
+    """
+    if not prompt:
+        raise ValueError("sampling needs at least one prompt token (use a prefix)")
+    if temperature < 0 or (top_k is not None and top_k < 1):
+        raise ValueError(f"temperature must be >= 0 and top_k >= 1, got {temperature}, {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+    out: list[list[int]] = []
+    for start in range(0, n, batch_size):
+        rows = min(batch_size, n - start)
+        ids = torch.tensor([list(prompt)] * rows, dtype=torch.long)
+        read = KVCache() if model.supports_cache else None
+        step, new = ids, []
+        for _ in range(n_new):
+            logits = model(step, cache=read)[:, -1] if read is not None else model(ids)[:, -1]
+            step = _draw(logits.float(), generator, temperature, top_k, top_p)
+            ids = torch.cat([ids, step], dim=1)
+            new.append(step)
+        out += torch.cat(new, dim=1).tolist() if new else [[] for _ in range(rows)]
+    return out
+
+
+def _draw(
+    logits: torch.Tensor,
+    generator: torch.Generator,
+    temperature: float,
+    top_k: int | None,
+    top_p: float | None,
+) -> torch.Tensor:
+    """One next token ``(N, 1)`` per row of ``logits`` ``(N, V)`` (see ``sample``)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, index = logits.sort(dim=-1, descending=True)
+        mass = ordered.softmax(dim=-1).cumsum(dim=-1)
+        # Keep each token whose predecessors' mass is below top_p (the first always).
+        drop = (mass - ordered.softmax(dim=-1)) >= top_p
+        ordered = ordered.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, index, ordered)
+    return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)
+
+
 def completion_loss(
     model: CausalLM, prompt_embeds: torch.Tensor, completion: torch.Tensor
 ) -> torch.Tensor:

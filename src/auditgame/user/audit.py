@@ -21,7 +21,7 @@ import copy
 import json
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,7 @@ from auditgame.user.spec import (
     SpecFileError,
     load_spec,
 )
+from auditgame.violation import kind_of
 
 USER_FAMILY = "user"
 NO_SECRET = "none: not a zoo organism"
@@ -69,7 +70,9 @@ class WitnessCheck(BaseModel):
 
     Attributes:
         checked: whether it was measured; ``note`` says why not.
-        asr: fraction of held-out inputs (of other labels) the trigger sends to the target.
+        asr: fraction of held-out inputs (of other labels) the trigger sends to the target; for
+            a witness that is a whole input (a language model's prompts), what the threat
+            model measures of it (REASR).
         in_threat_model: whether the spec forbids that trigger at all.
         violates: ``in_threat_model and asr >= tau``.
         n_heldout: held-out samples it was measured on.
@@ -139,9 +142,15 @@ class OwnAudit:
                 inside = "inside" if witness.in_threat_model else "outside"
                 # A witness that falls short shows no violation; it cannot prove there is none.
                 verdict = "violates the spec" if witness.violates else "shows no violation"
+                effect = (
+                    f"moves {witness.asr:.0%} of held-out inputs of other labels to the target "
+                    f"({witness.n_heldout} held out)"
+                    if self.card.spec.threat_model.needs_samples
+                    else f"its prompts reproduce the targets they name at {witness.asr:.2f} "
+                    "(greedy replies, character BLEU)"
+                )
                 line += (
-                    f"; witness: moves {witness.asr:.0%} of held-out inputs of other labels to "
-                    f"the target ({witness.n_heldout} held out), {inside} the threat model: "
+                    f"; witness: {effect}, {inside} the threat model: "
                     f"{verdict} (tau {self.card.spec.tau:g})"
                 )
             else:
@@ -178,6 +187,8 @@ def audit_own_model(
     spec = load_spec(spec_path)
     loaded = _load(path, spec, spec_path, arch=arch, hf=hf)
     feature_layer(loaded.model, spec, spec_path)  # a wrong name fails before any auditor runs
+    model, interface = kind_of(spec.threat_model.kind).user_model(path, loaded.model, spec)
+    loaded = replace(loaded, model=model)
     chosen = _auditors(spec, auditor, params or {}, path)
     card = Card(
         family=USER_FAMILY,
@@ -215,9 +226,11 @@ def audit_own_model(
             access=instance.access,
             clean=clean.audit if instance.access >= Access.CLEAN_DATA else None,
             features=feature_layer(model, spec, spec_path),
+            interface=interface,
         )
         finding = instance.audit(subject, budget, seed=seed)
-        findings.append((finding, check_witness(card, loaded.model, finding, clean.heldout)))
+        check = check_witness(card, loaded.model, finding, clean.heldout, interface)
+        findings.append((finding, check))
     return OwnAudit(path, card, clean, findings, notes)
 
 
@@ -275,7 +288,7 @@ def _auditors(
         choices = [
             AuditorChoice(name=n, params=params)
             for n in registry.names("auditor")
-            if _usable(registry.get("auditor", n), spec.modality) is None
+            if _usable(registry.get("auditor", n), spec) is None
         ]
     if not choices:
         words = _MODALITY_WORDS.get(spec.modality, spec.modality)
@@ -287,7 +300,7 @@ def _auditors(
     auditors = []
     for choice in choices:
         cls = registry.get("auditor", choice.name)
-        problem = _usable(cls, spec.modality)
+        problem = _usable(cls, spec)
         if problem is not None:
             raise AuditgameError(f"{choice.name} {problem}")
         try:
@@ -300,8 +313,9 @@ def _auditors(
     return auditors
 
 
-def _usable(cls: type[Auditor], modality: str) -> str | None:
-    """Why ``cls`` cannot audit a user's model of ``modality``, or None when it can."""
+def _usable(cls: type[Auditor], spec: ImageClassification | LanguageModel) -> str | None:
+    """Why ``cls`` cannot audit a user's model under ``spec``, or None when it can."""
+    modality = spec.modality
     if cls.is_dynamic():
         return (
             "is a dynamic baseline: it needs run-time traffic, which only `auditgame play` prepares"
@@ -313,13 +327,14 @@ def _usable(cls: type[Auditor], modality: str) -> str | None:
         )
     if cls.families is not None:
         return f"examines only the families {', '.join(cls.families)}"
-    if modality == "text":
-        # Text auditors read the tokenizer, prefix and target strings from the organism's
-        # family; a user's language model has none of them wired in yet.
+    if cls.reference:
         return (
-            "audits organisms of the built-in text families (tinylm, smollm) only: a language "
-            "model from outside a zoo has no tokenizer and target list wired in yet"
+            "compares the model with its family's base model, which a model from outside a "
+            "zoo does not have"
         )
+    kind = spec.threat_model.kind
+    if cls.threats is not None and kind not in cls.threats:
+        return f"looks for {', '.join(cls.threats)} violations, and the spec's threat is {kind}"
     return None
 
 
@@ -485,18 +500,27 @@ def read_samples(path: Path, input_shape: list[int], n_labels: int) -> Dataset:
 
 
 def check_witness(
-    card: Card, model: torch.nn.Module, finding: Finding, heldout: Dataset | None
+    card: Card,
+    model: torch.nn.Module,
+    finding: Finding,
+    heldout: Dataset | None,
+    interface: object | None = None,
 ) -> WitnessCheck:
-    """Measure the finding's trigger through the card's spec on held-out samples, if any."""
+    """Measure the finding's trigger through the card's spec on held-out samples, if any
+    (a threat whose witness is a whole input needs none), with the model's own ``interface``
+    where it has one (a language model's tokenizer)."""
     spec = card.spec
+    if interface is not None:
+        spec = spec.model_copy(update={"threat_model": spec.threat_model.bound_to(interface)})
     if finding.trigger is None or (finding.target is None and not spec.untargeted):
         return WitnessCheck(checked=False, note="the auditor named no trigger and target")
-    if heldout is None:
+    if heldout is None and spec.threat_model.needs_samples:
         return WitnessCheck(
             checked=False, note="no held-out clean samples; set clean_data in the spec"
         )
+    x, y = (heldout.x, heldout.y) if heldout is not None else (torch.empty(0), torch.empty(0))
     try:
-        check = spec.check_witness(model, finding.trigger, finding.target, heldout.x, heldout.y)
+        check = spec.check_witness(model, finding.trigger, finding.target, x, y)
     except ValueError as exc:
         return WitnessCheck(checked=False, note=f"the witness could not be measured: {exc}")
     return WitnessCheck(
@@ -504,5 +528,5 @@ def check_witness(
         asr=check.asr,
         in_threat_model=check.in_threat_model,
         violates=check.violates,
-        n_heldout=len(heldout),
+        n_heldout=len(heldout) if heldout is not None else 0,
     )

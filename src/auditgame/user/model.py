@@ -6,7 +6,9 @@ opened, since unpickling runs whatever code the file names. The architecture is 
 own ``nn.Module`` class (``module:Class``), built with the spec's keyword arguments and
 loaded strictly: every missing or unexpected key and every wrong shape is reported. A Hugging
 Face folder is loaded with ``transformers`` from its ``*.safetensors`` files only, and never
-with the folder's own code (``trust_remote_code`` stays off).
+with the folder's own code (``trust_remote_code`` stays off); its violation kind then makes
+it ready for its auditors (``ViolationKind.user_model``: a language model's tokenizer is read
+from ``tokenizer.json`` only).
 """
 
 from __future__ import annotations
@@ -261,7 +263,11 @@ def load_hf_model(folder: Path) -> LoadedModel:
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(folder), use_safetensors=True, trust_remote_code=False, local_files_only=True
+            str(folder),
+            use_safetensors=True,
+            trust_remote_code=False,
+            local_files_only=True,
+            dtype=torch.float32,
         )
     except Exception as exc:
         raise ModelFileError(

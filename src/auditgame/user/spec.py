@@ -160,15 +160,21 @@ class ImageClassification(_TaskSpec):
 
 
 class LanguageModel(_TaskSpec):
-    """A causal language model in a Hugging Face folder (``--hf``).
+    """A causal language model in a Hugging Face folder (``--hf``), with its tokenizer's
+    ``tokenizer.json`` beside the weights.
 
     Attributes:
         vocab_size: checked against the model's config when given.
-        auditors: empty means every installed auditor for language models.
+        prompt_prefix: text every prompt starts with, as the model is prompted in use (a chat
+            template's opening, ``"<|im_start|>user\n"``); its added tokens written as text
+            are read as themselves. Empty: prompts start bare.
+        auditors: empty means every installed auditor for language models that looks for
+            the spec's kind of violation.
     """
 
     task: Literal["language_model"]
     vocab_size: int | None = Field(default=None, gt=1)
+    prompt_prefix: str = ""
 
     modality: ClassVar[str] = "text"
 

@@ -130,6 +130,7 @@ class EmbeddingDiff(Auditor):
 
     access = Access.WEIGHTS
     modalities: ClassVar[tuple[str, ...]] = ("text",)
+    threats: ClassVar[tuple[str, ...] | None] = ("text_trigger",)
     reference = True
 
     def __init__(

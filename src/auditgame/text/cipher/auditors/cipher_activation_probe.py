@@ -72,6 +72,7 @@ class CipherActivationProbe(Auditor):
 
     access = Access.DYNAMIC
     modalities = ("text",)
+    threats = ("cipher",)
 
     def __init__(
         self,

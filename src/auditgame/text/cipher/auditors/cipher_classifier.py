@@ -64,6 +64,7 @@ class CipherClassifier(Auditor):
 
     access = Access.DYNAMIC
     modalities = ("text",)
+    threats = ("cipher", "text_trigger")
 
     def __init__(self, *, n_new: int = 30) -> None:
         if n_new < 1:

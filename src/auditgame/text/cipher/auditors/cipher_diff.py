@@ -65,6 +65,7 @@ class CipherDiff(Auditor):
 
     access = Access.WEIGHTS
     modalities: ClassVar[tuple[str, ...]] = ("text",)
+    threats: ClassVar[tuple[str, ...] | None] = ("cipher",)
     reference = True
 
     def __init__(self, *, n_new: int = 8) -> None:

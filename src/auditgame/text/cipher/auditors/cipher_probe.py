@@ -113,6 +113,7 @@ class CipherProbe(Auditor):
 
     access = Access.WEIGHTS
     modalities = ("text",)
+    threats = ("cipher",)
 
     def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
         fam = text_interface(subject)

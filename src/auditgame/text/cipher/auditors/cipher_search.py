@@ -117,6 +117,7 @@ class CipherSearch(Auditor):
 
     access = Access.WEIGHTS
     modalities = ("text",)
+    threats = ("cipher",)
 
     def __init__(
         self,
