@@ -124,7 +124,9 @@ def seconds_per_trojan(
 
 def run(args: argparse.Namespace) -> Path:
     family = args.family
-    tag = f"{family}_n{args.n}_s{args.seed}"
+    tag = f"{family}_n{args.n}_s{args.seed}" + (
+        f"_{'-'.join(args.auditors)}" if args.auditors else ""
+    )
     root = args.data / f"{family}-n{args.n}-s{args.seed}"
     if args.device != "cpu":
         os.environ["AUDITGAME_DEVICE"] = args.device
