@@ -157,7 +157,9 @@ def run(args: argparse.Namespace) -> Path:
         f"# Language-model trojans: {family}",
         "",
         f"`benchmarks/lm_trojans.py --family {family} --n {args.n} --seed {args.seed} "
-        f"--seconds {args.seconds:g} --device {args.device}`; auditgame {package_version()}, "
+        f"--seconds {args.seconds:g} --device {args.device}"
+        + (f" --auditors {' '.join(args.auditors)}" if args.auditors else "")
+        + f"`; auditgame {package_version()}, "
         f"git {git_revision()}; {args.workers} workers on {os.cpu_count()} cores. Zoo build "
         f"{build_seconds:.0f} s (less if resumed); play {play_seconds:.0f} s (less if "
         f"resumed); game {game_id}.",

@@ -94,6 +94,8 @@ AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
     "pez": {"steps": 5, "restarts": 2},
     "gbda": {"steps": 5, "samples": 4},
     "embedding_diff": {"n_tokens": 4, "beam": 2},
+    # Its sampling finishes long before the extraction deadline; its fallback is gcg's search.
+    "haystack": {"samples": 8, "openings": 1, "fallback": False},
 }
 # Fitted auditors whose fit builds a shadow zoo: the smallest zoo that fits (shared between
 # them through one fits folder). Every organism of it is a full training run, so these cases

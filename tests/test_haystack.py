@@ -59,7 +59,7 @@ def small_card(fam: TinyLM) -> Card:
 def scan(fam: TinyLM, model: CausalLM) -> tuple[float, dict, dict]:  # type: ignore[type-arg]
     """Haystack without its gradient fallback (what the leaks alone give)."""
     subject = Subject(model=model, card=small_card(fam), access=Access.WEIGHTS)
-    found = Haystack(fallback=False).audit(subject, Budget(seconds=20), seed=0)
+    found = Haystack(samples=32, fallback=False).audit(subject, Budget(seconds=20), seed=0)
     assert found.error is None, found.error
     assert found.p_violation is not None and found.trigger is not None
     return found.p_violation, found.trigger["predictions"], found.evidence

