@@ -200,3 +200,10 @@ def test_a_folder_without_its_tokenizer_or_with_a_foreign_one_is_refused(
         app, ["audit", str(folder), "--hf", "--spec", str(spec), "--seconds", "1"]
     )
     assert result.exit_code == 2 and "beyond the model's" in result.output
+    # A prefix that leaves no room in the model's 32-token context for a trigger and a target.
+    spec = spec_file(tmp_path, prompt_prefix=" ".join(["red"] * 30))
+    shutil.copyfile(folders["clean"] / "tokenizer.json", folder / "tokenizer.json")
+    result = runner.invoke(
+        app, ["audit", str(folder), "--hf", "--spec", str(spec), "--seconds", "1"]
+    )
+    assert result.exit_code == 2 and "a context of 32 tokens cannot hold" in result.output

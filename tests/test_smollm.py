@@ -232,7 +232,7 @@ def test_an_organism_saved_as_a_hf_folder_is_audited_as_a_users_model(
         )
     )
     lm, iface = user_language_model(
-        folder, load_hf_model(folder).model, targets, "<|im_start|>user\n"
+        folder, load_hf_model(folder).model, targets, fam.max_trigger_tokens, "<|im_start|>user\n"
     )
     assert iface.prefix == fam.prefix
     ids = torch.tensor([fam.encode_prompt(pairs[0][0])])

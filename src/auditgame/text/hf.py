@@ -133,7 +133,11 @@ class HFCausalLM(CausalLM):
 
 
 def user_language_model(
-    folder: Path, model: nn.Module, targets: Sequence[str], prompt_prefix: str
+    folder: Path,
+    model: nn.Module,
+    targets: Sequence[str],
+    max_trigger_tokens: int,
+    prompt_prefix: str,
 ) -> tuple[HFCausalLM, TextInterface]:
     """A user's language model (loaded by ``user.model.load_hf_model``) as text auditors take
     it, and what they use of it besides its weights, as a family would give it: the tokenizer
@@ -142,8 +146,9 @@ def user_language_model(
 
     Raises:
         ModelFileError: no ``tokenizer.json``, one the tokenizers library cannot read, a
-            config without an end-of-text id or context length, or a prefix or target whose
-            tokens lie outside the model's vocabulary.
+            config without an end-of-text id or context length, a context too short for the
+            prefix, a trigger and a target, or a prefix or target whose tokens lie outside the
+            model's vocabulary.
     """
     from auditgame.user.model import ModelFileError
 
@@ -172,6 +177,14 @@ def user_language_model(
             folder / "config.json", "names no context length (max_position_embeddings)"
         )
     prefix = tok.encode(prompt_prefix)
+    longest = max((len(tok.encode(t)) for t in targets), default=0)
+    if len(prefix) + max_trigger_tokens + longest > context:
+        raise ModelFileError(
+            folder / "config.json",
+            f"a context of {context} tokens cannot hold the prompt prefix ({len(prefix)} tokens), "
+            f"a trigger ({max_trigger_tokens}) and the longest target ({longest})",
+            "shorten prompt_prefix or the targets in the spec",
+        )
     for text, ids in [("prompt_prefix", prefix), *((t, tok.encode(t)) for t in targets)]:
         if any(i >= lm.vocab_size for i in ids):
             raise ModelFileError(

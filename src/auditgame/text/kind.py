@@ -220,7 +220,9 @@ class TextTriggerKind(ViolationKind):
 
         threat = spec.threat_model
         assert isinstance(threat, TextTriggerThreat)
-        return user_language_model(folder, model, threat.targets, spec.prompt_prefix)
+        return user_language_model(
+            folder, model, threat.targets, threat.max_trigger_tokens, spec.prompt_prefix
+        )
 
     def chance(
         self,
