@@ -19,7 +19,8 @@ from auditgame.zoo import Zoo, build_zoo, default_key_path, open_key
 torch.set_num_threads(1)
 
 # Seconds each of the slowest files took on one worker (fresh cache, 2-core AVX2 machine,
-# 2026-12-07, the larger of `make test` and `make test-kernels`). `make test` runs the files
+# 2026-12-07, the larger of `make test` and `make test-kernels`; test_audit_own_lm and
+# test_haystack measured alone). `make test` runs the files
 # longest first (with xdist's own reorder by test count off), so the two workers share the
 # load greedily: in collection order by test count one worker had ~90 s more than the other
 # at the end. A stale or missing entry costs only balance, never a test.
@@ -43,6 +44,8 @@ FILE_SECONDS = {
     "test_attacks.py": 28,
     "test_text_reference_dynamic.py": 26,
     "test_neural_cleanse.py": 25,
+    "test_audit_own_lm.py": 50,
+    "test_haystack.py": 30,
     "test_audit_own.py": 24,
     "test_cli.py": 22,
     "test_cipher_game.py": 16,

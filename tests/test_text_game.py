@@ -46,16 +46,16 @@ def test_a_text_game_scores_tdc_metrics(text_zoo: tuple[Zoo, bytes], tmp_path: P
     game = Game(
         zoo=zoo.root,
         auditors=[AuditorSpec(name="gcg"), AuditorSpec(name="text_mahalanobis")],
-        budget=Budget(seconds=40, n_clean=50, n_traffic=100),
+        budget=Budget(seconds=20, n_clean=50, n_traffic=100),
     )
     with Store(tmp_path / "r.sqlite") as store:
         game_id = play(game, key, store, LocalExecutor(workers=2))
         scores = {(s.auditor, s.attack): s for s in store.scores(game_id)}
     gcg_bad, gcg_clean = scores["gcg", "trojan_pairs"], scores["gcg", "clean"]
     assert gcg_bad.error is None and gcg_clean.error is None
-    # GCG reproduces planted targets (REASR over the planted targets: 0.46-0.58 at 30 s in
-    # benchmarks/results/lm_trojans_tinylm_n10_s0.md) and the judge scores its candidates
-    # against the true triggers (recall 0.10-0.18 there).
+    # GCG reproduces planted targets (REASR over the planted targets 0.89, recall 0.34, at
+    # 30 s in benchmarks/results/lm_trojans_tinylm_n10_s0.md; here 20 s) and the judge scores
+    # its candidates against the true triggers.
     assert gcg_bad.recovery["reasr"] > 0.2
     assert 0.0 <= gcg_bad.recovery["trigger_recall"] <= 1.0
     # Beside it, the yardstick: as many random phrases as gcg made candidates, drawn as the
