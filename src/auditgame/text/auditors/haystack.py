@@ -261,10 +261,18 @@ def confirm(
     goal = tok.decode(target)
     prompts = [[*fam.prefix, *c] for c in candidates]
     replies = greedy(model, prompts, len(target))
-    out = []
-    for prompt, reply in zip(prompts, replies, strict=True):
-        logits = model(torch.tensor([[*prompt, *reply]]))[0, len(prompt) - 1 : -1]
-        logp = torch.log_softmax(logits.double(), dim=-1)
-        entropy = float(-(logp.exp() * logp).sum(dim=-1).mean())
-        out.append((metrics.sentence_bleu(goal, tok.decode(reply)), entropy))
-    return out
+    entropy = [0.0] * len(prompts)
+    by_length: dict[int, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        by_length.setdefault(len(prompt), []).append(i)
+    for length, rows in by_length.items():
+        ids = torch.tensor([[*prompts[i], *replies[i]] for i in rows])
+        logp = torch.log_softmax(model(ids)[:, length - 1 : -1].double(), dim=-1)
+        for i, h in zip(
+            rows, (-(logp.exp() * logp).sum(dim=-1).mean(dim=-1)).tolist(), strict=True
+        ):
+            entropy[i] = h
+    return [
+        (metrics.sentence_bleu(goal, tok.decode(reply)), h)
+        for reply, h in zip(replies, entropy, strict=True)
+    ]
