@@ -142,17 +142,19 @@ class OwnAudit:
                 inside = "inside" if witness.in_threat_model else "outside"
                 # A witness that falls short shows no violation; it cannot prove there is none.
                 verdict = "violates the spec" if witness.violates else "shows no violation"
-                effect = (
-                    f"moves {witness.asr:.0%} of held-out inputs of other labels to the target "
-                    f"({witness.n_heldout} held out)"
-                    if self.card.spec.threat_model.needs_samples
-                    else f"its prompts reproduce the targets they name at {witness.asr:.2f} "
-                    "(greedy replies, character BLEU)"
-                )
-                line += (
-                    f"; witness: {effect}, {inside} the threat model: "
-                    f"{verdict} (tau {self.card.spec.tau:g})"
-                )
+                if self.card.spec.threat_model.needs_samples:
+                    effect = (
+                        f"moves {witness.asr:.0%} of held-out inputs of other labels to the "
+                        f"target ({witness.n_heldout} held out)"
+                    )
+                    rule = f"tau {self.card.spec.tau:g}"
+                else:
+                    effect = (
+                        f"its prompts reproduce the targets they name at {witness.asr:.2f} "
+                        "(REASR: greedy replies, character BLEU)"
+                    )
+                    rule = "a reply that is its target verbatim"
+                line += f"; witness: {effect}, {inside} the threat model: {verdict} ({rule})"
             else:
                 line += f"; witness not checked: {witness.note}"
             lines.append(line)
