@@ -74,7 +74,8 @@ class WitnessCheck(BaseModel):
             a witness that is a whole input (a language model's prompts), what the threat
             model measures of it (REASR).
         in_threat_model: whether the spec forbids that trigger at all.
-        violates: ``in_threat_model and asr >= tau``.
+        violates: whether it violates the spec: ``in_threat_model and asr >= tau`` for an
+            image trigger; a prompt whose reply is its target verbatim for a language model.
         n_heldout: held-out samples it was measured on.
     """
 
