@@ -211,11 +211,14 @@ def sample(
         rows = min(batch_size, n - start)
         ids = torch.tensor([list(prompt)] * rows, dtype=torch.long)
         read = KVCache() if model.supports_cache else None
-        step, new = ids, []
+        step, new = ids, list[torch.Tensor]()
         for _ in range(n_new):
-            logits = model(step, cache=read)[:, -1] if read is not None else model(ids)[:, -1]
+            if read is not None:
+                logits = model(step, cache=read)[:, -1]
+            else:
+                # Without a cache each step reads the whole sequence so far.
+                logits = model(torch.cat([ids, *new], dim=1))[:, -1]
             step = _draw(logits.float(), generator, temperature, top_k, top_p)
-            ids = torch.cat([ids, step], dim=1)
             new.append(step)
         out += torch.cat(new, dim=1).tolist() if new else [[] for _ in range(rows)]
     return out
@@ -237,9 +240,9 @@ def _draw(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1:
         ordered, index = logits.sort(dim=-1, descending=True)
-        mass = ordered.softmax(dim=-1).cumsum(dim=-1)
+        probs = ordered.softmax(dim=-1)
         # Keep each token whose predecessors' mass is below top_p (the first always).
-        drop = (mass - ordered.softmax(dim=-1)) >= top_p
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
         ordered = ordered.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, index, ordered)
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)

@@ -43,16 +43,15 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from auditgame import metrics
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.registry import auditor
 from auditgame.subject import Subject
 from auditgame.text.auditors.gcg import GCG
-from auditgame.text.auditors.search import p_violation_of
+from auditgame.text.auditors.search import p_violation_of, replies_to
 from auditgame.text.family import TextInterface, text_interface
 from auditgame.text.kind import TextTriggerThreat
-from auditgame.text.lm import CausalLM, TriggerPredictions, completion_loss, greedy, sample
+from auditgame.text.lm import CausalLM, TriggerPredictions, completion_loss, sample
 
 # Top-k and nucleus cut-offs of the decoding settings (the paper sweeps a grid of both).
 TOP_K = 40
@@ -126,11 +125,11 @@ class Haystack(Auditor):
         predictions: dict[str, tuple[str, ...]] = {}
         elicited: dict[str, float] = {}
         entropy: dict[str, float] = {}
-        for target, ids in targets.items():
+        for target in targets:
             candidates = [list(c) for c, _ in motifs[target].most_common(self.n_candidates)]
             if not candidates:
                 continue
-            checked = confirm(model, fam, ids, candidates)
+            checked = confirm(model, fam, target, candidates)
             order = sorted(
                 range(len(candidates)),
                 key=lambda i: (
@@ -252,15 +251,13 @@ def prefix_losses(
 
 @torch.no_grad()
 def confirm(
-    model: CausalLM, fam: TextInterface, target: list[int], candidates: list[list[int]]
+    model: CausalLM, fam: TextInterface, target: str, candidates: list[list[int]]
 ) -> list[tuple[float, float]]:
     """Per candidate trigger: the character-BLEU of its greedy reply (as many tokens as the
     target has) against the target, and the mean entropy (nats) of the model's next-token
     distributions over that reply, the reply fed back (teacher-forced)."""
-    tok = fam.tokenizer()
-    goal = tok.decode(target)
+    replies, bleus = replies_to(model, fam, target, candidates)
     prompts = [[*fam.prefix, *c] for c in candidates]
-    replies = greedy(model, prompts, len(target))
     entropy = [0.0] * len(prompts)
     by_length: dict[int, list[int]] = {}
     for i, prompt in enumerate(prompts):
@@ -272,7 +269,4 @@ def confirm(
             rows, (-(logp.exp() * logp).sum(dim=-1).mean(dim=-1)).tolist(), strict=True
         ):
             entropy[i] = h
-    return [
-        (metrics.sentence_bleu(goal, tok.decode(reply)), h)
-        for reply, h in zip(replies, entropy, strict=True)
-    ]
+    return list(zip(bleus, entropy, strict=True))

@@ -89,17 +89,24 @@ class SearchProblem:
         return self.allowed[torch.as_tensor(picks)]
 
 
+def replies_to(
+    model: CausalLM, fam: TextInterface, target: str, triggers: list[list[int]]
+) -> tuple[list[list[int]], list[float]]:
+    """Each candidate trigger's greedy reply (as many tokens as ``target`` has) and the
+    character-BLEU with which it reproduces ``target``: how every text auditor checks what
+    its search found."""
+    tok = fam.tokenizer()
+    outs = greedy(model, [[*fam.prefix, *ids] for ids in triggers], len(tok.encode(target)))
+    return outs, [metrics.sentence_bleu(target, tok.decode(o)) for o in outs]
+
+
 def reproduce(
     model: CausalLM, fam: TextInterface, target: str, triggers: list[list[int]]
 ) -> tuple[tuple[str, ...], float]:
-    """The candidate triggers as text, and the best character-BLEU with which greedy
-    generation after any of them reproduces ``target``: how every text auditor checks what
-    its search found."""
-    tok = fam.tokenizer()
-    n_new = len(tok.encode(target))
-    outs = greedy(model, [[*fam.prefix, *ids] for ids in triggers], n_new)
-    best = max(metrics.sentence_bleu(target, tok.decode(o)) for o in outs)
-    return tuple(tok.decode(ids) for ids in triggers), best
+    """The candidate triggers as text, and the best reproduction of ``target`` by any of
+    them (``replies_to``)."""
+    _, bleus = replies_to(model, fam, target, triggers)
+    return tuple(fam.tokenizer().decode(ids) for ids in triggers), max(bleus)
 
 
 def p_violation_of(elicited: dict[str, float]) -> float:
