@@ -1,4 +1,4 @@
-"""Command line: ``auditgame zoo build | audit | play | report | list``.
+"""Command line: ``auditgame zoo build | audit | play | serve-mcp | report | list``.
 
 Progress goes to stderr through rich; results go to the store, and to stdout only where the
 command's job is to show them (``audit`` prints the finding, ``play`` the leaderboard).
@@ -497,6 +497,70 @@ def reveal(
     except AuditgameError as exc:
         _fail(exc)
     err.print(f"revealed {len(secrets)} secrets in {updated} rows of {len(games)} game(s)")
+
+
+class AgentAccess(StrEnum):
+    weights = "weights"
+    clean_data = "clean_data"
+
+
+@app.command("serve-mcp")
+def serve_mcp(
+    zoo: Annotated[Path, typer.Argument(help="the zoo the agent audits, organism by organism")],
+    agent: Annotated[str, typer.Option(help="the agent's name; rows are agent:NAME")] = "mcp",
+    key: Annotated[Path | None, typer.Option(help="the zoo's key (default: ZOO.key)")] = None,
+    store: Annotated[Path, typer.Option(help="SQLite results")] = DATA_DIR / "results.sqlite",
+    access: Annotated[
+        AgentAccess, typer.Option(help="what the tools hand out")
+    ] = AgentAccess.clean_data,
+    base_model: Annotated[
+        bool, typer.Option(help="give the agent the family's base model (reported apart)")
+    ] = False,
+    calls: Annotated[int, typer.Option(help="tool calls per organism")] = 200,
+    tokens: Annotated[int, typer.Option(help="generated tokens per organism")] = 20_000,
+    seconds: Annotated[float, typer.Option(help="seconds inside tools per organism")] = 300.0,
+    seed: Annotated[int, typer.Option(help="seeds sampling tools and the auditors run")] = 0,
+    organism: Annotated[
+        str | None,
+        typer.Option(
+            help="serve this one organism of the game (one Inspect sample); stopping without "
+            "a finding then records a failed one"
+        ),
+    ] = None,
+) -> None:
+    """Serve an agent's audit of ZOO over MCP (stdio): point an MCP client at this command.
+
+    The agent questions each organism through the tools and submits one finding per organism,
+    which is judged and stored as in a game (docs/agents.md). Stdout carries the protocol;
+    messages go to stderr. Run it again with the same options to resume."""
+    from auditgame.access import Access
+    from auditgame.agents.serve import mcp_server
+    from auditgame.agents.session import AgentGame, AuditSession
+    from auditgame.agents.tools import ToolBudget
+    from auditgame.store import Store
+    from auditgame.zoo import Zoo, open_key
+
+    try:
+        opened = Zoo(zoo)
+        game = AgentGame(
+            zoo=zoo,
+            agent=agent,
+            access=Access[access.name.upper()],
+            reference=base_model,
+            budget=ToolBudget(calls=calls, tokens=tokens, seconds=seconds),
+            seed=seed,
+        )
+        secret_key = open_key(opened, key)
+        if not sandbox.sealed():
+            err.print(f"[bold red]{sandbox.UNSEALED_WARNING}[/]")
+        with (
+            Store(store) as results,
+            AuditSession(game, secret_key, results, only=organism) as session,
+        ):
+            err.print(f"serving {game.auditor} on {zoo} (game {game.id}) over MCP stdio")
+            mcp_server(session).run("stdio")
+    except (AuditgameError, ValueError, ImportError) as exc:
+        _fail(exc)
 
 
 @app.command("list")

@@ -60,11 +60,8 @@ class Game(BaseModel):
     seed: int = 0
 
     def describe(self) -> dict[str, Any]:
-        manifest = Zoo(self.zoo).manifest
         return {
-            "zoo_build": manifest.build_fingerprint,
-            "family": manifest.family,
-            "organisms": manifest.organisms,
+            **Zoo(self.zoo).describe(),
             "auditors": [a.model_dump() for a in self.auditors],
             "budget": asdict(self.budget),
             "seed": self.seed,

@@ -192,6 +192,15 @@ class Zoo:
     def ids(self) -> list[str]:
         return list(self.manifest.organisms)
 
+    def describe(self) -> dict[str, object]:
+        """What a game's id takes from its zoo: the build, the family, the organisms."""
+        manifest = self.manifest
+        return {
+            "zoo_build": manifest.build_fingerprint,
+            "family": manifest.family,
+            "organisms": manifest.organisms,
+        }
+
     def organism_path(self, organism_id: str) -> Path:
         return self.root / "organisms" / organism_id
 

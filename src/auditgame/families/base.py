@@ -66,10 +66,13 @@ class Family(ABC):
     attacks cannot plant in a vector family, nor the reverse. ``violation`` names the
     violation kind of the family's own spec (``auditgame.violation``); ``default_auditors``
     are who audits its zoos when a game names no one (None: the violation kind's).
+    ``agent_tools`` names ("module:Class") the tools an auditing agent gets for its models
+    (``auditgame.agents.tools``): a classifier's by default, a track's own where it has them.
     """
 
     name: ClassVar[str]
     modality: ClassVar[str] = "image"
+    agent_tools: ClassVar[str] = "auditgame.agents.image_tools:ImageTools"
     attacks: ClassVar[tuple[str, ...]] = ("badnets", "blend")
     violation: ClassVar[str] = "mask_pattern"
     default_auditors: ClassVar[tuple[str, ...] | None] = None

@@ -24,6 +24,7 @@ import json
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,28 +48,29 @@ def scratch() -> Path:
     return Path(os.environ["AUDITGAME_SCRATCH"])
 
 
-def load_subject(folder: Path, auditor: Auditor) -> Subject:
+def load_subject(folder: Path, access: Access, reference: bool) -> Subject:
     """The subject staged in ``folder``: the organism (verified again here), and the clean
-    samples, traffic and base model that the referee's side staged for this access."""
+    samples, traffic and base model (``reference``) that the referee's side staged for
+    ``access``."""
     (organism_dir,) = [p for p in folder.iterdir() if p.is_dir()]
     organism = Organism.open(organism_dir)
-    clean = traffic = reference = None
+    clean = traffic = base = None
     if (folder / "clean.safetensors").is_file():
         data = load_file(str(folder / "clean.safetensors"))
         clean = Dataset(data["x"], data["y"])
     if (folder / "traffic.safetensors").is_file():
         traffic = load_file(str(folder / "traffic.safetensors"))["x"]
-    if auditor.reference:
+    if reference:
         # A copy, as ``make_subject`` gives: the family caches its base model, and this child
         # serves the next organism with the same cache.
-        reference = copy.deepcopy(registry.get("family", organism.card.family)().base_model())
+        base = copy.deepcopy(registry.get("family", organism.card.family)().base_model())
     return Subject(
         model=organism.model(),
         card=organism.card,
-        access=auditor.access,
-        clean=clean if auditor.access >= Access.CLEAN_DATA else None,
-        traffic=traffic if auditor.access >= Access.DYNAMIC else None,
-        reference=reference,
+        access=access,
+        clean=clean if access >= Access.CLEAN_DATA else None,
+        traffic=traffic if access >= Access.DYNAMIC else None,
+        reference=base,
     )
 
 
@@ -91,7 +93,8 @@ class Child:
             save_file(flat, str(scratch() / FIT_FILE))
             return {"file": FIT_FILE}
         if op == "audit":
-            subject = load_subject(inputs() / str(request["task"]), auditor)
+            folder = inputs() / str(request["task"])
+            subject = load_subject(folder, auditor.access, auditor.reference)
             budget = Budget(**request["budget"])
             finding = auditor.audit(subject, budget, seed=int(request["seed"]))
             # Only JSON data crosses: a finding whose evidence is not (a numpy array, an
@@ -120,14 +123,17 @@ class Child:
         return {"info": info}
 
 
-def serve(requests: IO[str], wire: IO[str]) -> None:
-    child = Child()
+def serve(
+    requests: IO[str], wire: IO[str], handle: Callable[[dict[str, Any]], dict[str, Any]]
+) -> None:
+    """Answer each request line with ``handle``'s reply, or its exception as an error reply
+    (type, message, the last frames); every reply names the task it answers."""
     for line in requests:
         task = None
         try:
             request = json.loads(line)
             task = request.get("task")
-            reply = {"ok": True, "task": task, **child.handle(request)}
+            reply = {"ok": True, "task": task, **handle(request)}
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -138,13 +144,15 @@ def serve(requests: IO[str], wire: IO[str]) -> None:
         wire.flush()
 
 
-def main() -> None:
+def main(handle: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+    """Serve ``handle`` (default: an auditor's ``Child``) on the original stdout; whatever
+    else is printed goes to stderr, so a stray ``print`` cannot break the wire."""
     from auditgame.run.workers import configure_worker
 
     configure_worker()
     wire = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
-    serve(sys.stdin, wire)
+    serve(sys.stdin, wire, handle or Child().handle)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,9 @@ class AuditorInfo:
 
 
 class ChildProcess:
-    """One auditor's sandboxed child, with its own staging and scratch folders."""
+    """One sandboxed child, with its own staging and scratch folders: an auditor's
+    (``auditgame.run.child``), or another server of untrusted work that speaks the same wire
+    (``module``: the agents' tools, ``auditgame.agents.child``)."""
 
     def __init__(
         self,
@@ -93,6 +95,7 @@ class ChildProcess:
         hidden: tuple[Path, ...] = (),
         work: Path | None = None,
         fit: Path | None = None,
+        module: str = "auditgame.run.child",
     ) -> None:
         self.inputs = Path(tempfile.mkdtemp(prefix="auditgame-in-"))
         self.scratch = Path(tempfile.mkdtemp(prefix="auditgame-scratch-"))
@@ -100,7 +103,7 @@ class ChildProcess:
             shutil.copyfile(fit, self.inputs / "fit.safetensors")
             hello = {**hello, "fit": "fit.safetensors"}
         mounts = sandbox.Mounts(self.inputs, self.scratch, work=work, hidden=hidden)
-        argv, env = sandbox.command("auditgame.run.child", mounts)
+        argv, env = sandbox.command(module, mounts)
         self.sealed = sandbox.sealed()
         self._proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env or None
@@ -427,7 +430,7 @@ def audit(
         sealed = child.sealed
         name, folder = child.stage()
         try:
-            _stage(folder, organism, clean, traffic)
+            stage_inputs(folder, organism, clean, traffic)
             timeout = 2 * budget.seconds + HARD_LIMIT_SECONDS
             message = {"op": "audit", "task": name, "budget": budget.__dict__, "seed": seed}
             reply = child.request(message, timeout)
@@ -459,7 +462,7 @@ def _forget(child: ChildProcess) -> None:
     child.close()
 
 
-def _stage(
+def stage_inputs(
     folder: Path, organism: Organism, clean: Dataset | None, traffic: torch.Tensor | None
 ) -> None:
     """Copy the organism's public files (hard links where possible) and write the data the

