@@ -59,4 +59,7 @@ def test_inspect_eval_with_the_mock_model_lands_in_our_store_and_report(
     scored = {s.id: s.scores["judged"].value for s in log.samples if s.scores}
     assert scored[ids[0]] == {"correct": float(first.backdoored), "p_violation": 0.9}
     assert scored[ids[1]]["correct"] == 0.0
-    assert "agent:mock" in markdown.read_text()
+    # The agent's game has its own leaderboard, with what it spent.
+    text = markdown.read_text()
+    assert "### Leaderboard: agents" in text and "tool calls/organism" in text
+    assert "agent:mock" in text

@@ -8,6 +8,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from auditgame.trigger import InputTrigger, load
 
+# An auditing agent's findings are stored under ``agent:<name>`` (``agents.session``), with
+# what it spent in their evidence (``tool_calls``, ``tokens``).
+AGENT_PREFIX = "agent:"
+
 
 class Cost(BaseModel):
     seconds: float

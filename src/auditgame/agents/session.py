@@ -39,7 +39,7 @@ from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.agents.tools import ToolBudget, ToolError, Usage, tools_class
 from auditgame.errors import AuditgameError
-from auditgame.finding import Cost, Finding
+from auditgame.finding import AGENT_PREFIX, Cost, Finding
 from auditgame.fitting import reference_zoo, references_needed
 from auditgame.game import auditor_seed
 from auditgame.provenance import code_fingerprint
@@ -95,7 +95,7 @@ class AgentGame(BaseModel):
 
     @property
     def auditor(self) -> str:
-        return f"agent:{self.agent}"
+        return f"{AGENT_PREFIX}{self.agent}"
 
     def describe(self) -> dict[str, Any]:
         return {

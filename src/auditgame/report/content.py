@@ -28,10 +28,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import zip_longest
+from statistics import median
 from typing import Any
 
 from auditgame import metrics, registry
 from auditgame.errors import RegistryError
+from auditgame.finding import AGENT_PREFIX
 from auditgame.leaderboard import ALL, LeaderRow, leaderboard, over_chance, recovery_columns
 from auditgame.report.svg import Curve, Point, png_data_uri, roc_svg, scatter_svg
 from auditgame.score import Score
@@ -192,6 +194,7 @@ class GameSection:
     description: str | None
     kinds: list[KindSection] = field(default_factory=list)
     chance: list[ChancePlot] = field(default_factory=list)
+    static_title: str = "static auditors"
 
     def anchor(self, part: str) -> str:
         return f"{self.key}-{part}"
@@ -265,9 +268,36 @@ def _family_filter(family: str, with_family: bool) -> str:
     return f"family:{family} " if with_family else ""
 
 
+def _agent_spending(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[float, float]]:
+    """For each agent and attack (``all`` too, clean organisms in every attack's), the median
+    tool calls and generated tokens per organism, from its findings' evidence."""
+    spent: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in rows:
+        if not str(r["auditor"]).startswith(AGENT_PREFIX):
+            continue
+        evidence = json.loads(r["finding_json"]).get("evidence", {})
+        pair = (float(evidence.get("tool_calls", 0)), float(evidence.get("tokens", 0)))
+        spent[r["auditor"], ALL].append(pair)
+        spent[r["auditor"], r["attack"]].append(pair)
+    attacks = {a for _, a in spent} - {ALL, "clean"}
+    for (auditor, attack), pairs in list(spent.items()):
+        if attack == "clean":
+            for other in attacks:
+                spent[auditor, other].extend(pairs)
+    return {
+        key: (median(c for c, _ in pairs), median(t for _, t in pairs))
+        for key, pairs in spent.items()
+    }
+
+
 def _leader_table(
-    rows: Sequence[LeaderRow], with_family: bool, organisms: str, errors: str
+    rows: Sequence[LeaderRow],
+    with_family: bool,
+    organisms: str,
+    errors: str,
+    spending: dict[tuple[str, str], tuple[float, float]] | None = None,
 ) -> Table:
+    """The leaderboard's rows; with ``spending`` (agents), their tool calls and tokens."""
     recovered = recovery_columns(rows)
     headers = (
         ["auditor"]
@@ -284,11 +314,13 @@ def _leader_table(
             "witness ASR",
             *(label for _, label in recovered),
             "s/organism",
+            *(["tool calls/organism", "tokens/organism"] if spending else []),
             "errors",
         ]
     )
     body = []
     for r in rows:
+        spent = spending.get((r.auditor, r.attack), (None, None)) if spending else ()
         terms = _family_filter(r.family, with_family)
         attack_filter = (terms + (f"attack:{r.attack}" if r.attack != ALL else "")).strip()
         body.append(
@@ -306,6 +338,7 @@ def _leader_table(
                 _num(r.witness_asr, digits=2),
                 *(_num(r.recovery.get(name), digits=2) for name, _ in recovered),
                 _num(r.seconds_per_organism, seconds(r.seconds_per_organism)),
+                *(_num(used, digits=0) for used in spent),
                 Cell(str(r.errors), True, r.errors, href=errors if r.errors else ""),
             ]
         )
@@ -692,11 +725,20 @@ def _section(
     links = (f"{key}-organisms", f"{key}-errors")
     static = [r for r in board if not r.dynamic]
     dynamic = [r for r in board if r.dynamic]
+    agents = {r.auditor for r in static if r.auditor.startswith(AGENT_PREFIX)}
+    spending = _agent_spending(rows) if agents else None
+    static_title = (
+        "static auditors"
+        if not agents
+        else "agents"
+        if agents == {r.auditor for r in static}
+        else "static auditors and agents"
+    )
     return GameSection(
         game_id=game_id,
         key=key,
         summary=summary,
-        static=_leader_table(static, with_family, *links) if static else None,
+        static=_leader_table(static, with_family, *links, spending) if static else None,
         dynamic=_leader_table(dynamic, with_family, *links) if dynamic else None,
         rocs=_family_rocs(scores, board),
         auditor_rocs=_auditor_rocs(scores, board),
@@ -710,6 +752,7 @@ def _section(
         ),
         kinds=_kind_sections(scores),
         chance=chance_plots(board),
+        static_title=static_title,
     )
 
 

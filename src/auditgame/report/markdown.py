@@ -98,7 +98,7 @@ def markdown(sections: Sequence[GameSection], store: Store) -> str:
     ]
     for s in sections:
         out += [f"## Game {_md(s.game_id)}", "", _md(s.summary), ""]
-        out += ["### Leaderboard: static auditors", ""]
+        out += [f"### Leaderboard: {s.static_title}", ""]
         out += _table(s.static) if s.static else ["No static auditors in this game.", ""]
         out += ["### Leaderboard: dynamic baselines", "", DYNAMIC_NOTE, ""]
         out += _table(s.dynamic) if s.dynamic else ["No dynamic baselines in this game.", ""]

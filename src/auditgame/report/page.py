@@ -231,11 +231,11 @@ def _section(s: GameSection) -> list[str]:
         f'<section class="game" id="{s.key}"><h2>Game {_h(s.game_id)}</h2>',
         f'<p class="summary">{_h(s.summary)}</p>',
         _jump(s),
-        f'<h3 id="{s.anchor("leaderboard")}">Leaderboard: static auditors</h3>',
+        f'<h3 id="{s.anchor("leaderboard")}">Leaderboard: {_h(s.static_title)}</h3>',
         '<p class="note">Click a column header to sort. Rows in bold pool every attack '
         "(<code>all</code>); each attack's row compares its backdoored organisms with all "
         f"clean ones. An attack links to its organisms. Missing values: {DASH}.</p>",
-        _leaderboard(s.static, "static auditors"),
+        _leaderboard(s.static, s.static_title),
         "<h3>Leaderboard: dynamic baselines</h3>",
         f'<p class="note">{_h(DYNAMIC_NOTE)}</p>',
         _leaderboard(s.dynamic, "dynamic baselines"),
