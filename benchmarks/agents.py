@@ -22,9 +22,11 @@ import time
 from pathlib import Path
 from statistics import median
 
-from auditgame.access import Budget
+from auditgame.access import Access, Budget
 from auditgame.agents import scripted
 from auditgame.agents.client import play_over_mcp
+from auditgame.agents.session import AgentGame
+from auditgame.agents.tools import ToolBudget
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import ALL, LeaderRow, leaderboard, over_chance
 from auditgame.provenance import git_revision, package_version
@@ -101,15 +103,17 @@ def run(args: argparse.Namespace) -> Path:
             agent = functools.partial(agent, seconds=0.8 * args.seconds)
         play_over_mcp(root, agent, options)
         timings[name] = time.perf_counter() - start
+    for name in args.agents:
+        games.append(
+            AgentGame(
+                zoo=root,
+                agent=name,
+                access=Access.CLEAN_DATA,
+                budget=ToolBudget(seconds=args.seconds),
+                seed=args.seed,
+            ).id
+        )
     with Store(store_path) as store:
-        agent_games = [
-            g["game_id"]
-            for g in store.games()
-            if g["description"].get("zoo_build") == zoo.manifest.build_fingerprint
-            and g["description"].get("agent") in args.agents
-            and g["description"].get("tool_budget", {}).get("seconds") == args.seconds
-        ]
-        games += agent_games
         scores = [s for g in games for s in store.scores(g)]
         raw = [r for g in games for r in store.rows(g)]
     lines = [
