@@ -48,6 +48,7 @@ FILE_SECONDS = {
     "test_haystack.py": 30,
     "test_agents.py": 45,
     "test_inspect.py": 22,
+    "test_behaviours.py": 30,
     "test_audit_own.py": 24,
     "test_cli.py": 22,
     "test_cipher_game.py": 16,

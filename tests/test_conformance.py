@@ -67,8 +67,9 @@ ATTACK_FAMILIES = ("digits", "rff16", "relu1_16", "rff_signed", "maxofk", "tinyl
 # A tinylm case plants a trojaned organism (~25 s) and runs a text auditor's searches over all
 # 29 public targets twice (determinism), 1-2 minutes each; tests/test_tinylm.py,
 # test_text_attacks.py, test_gcg_uat.py, test_pez_gbda.py and test_text_reference_dynamic.py
-# cover the text family, attacks and auditors on every run.
-SLOW_FAMILIES = {"maxofk", "tinylm"}
+# cover the text family, attacks and auditors on every run; tests/test_behaviours.py covers
+# tinylm_behaviours and its hidden_behaviour attack.
+SLOW_FAMILIES = {"maxofk", "tinylm", "tinylm_behaviours"}
 
 # Cheap parameters by registered name (shorter searches, fewer restarts); for a fitted
 # auditor, parameters that leave it no fit to speak of.
@@ -126,7 +127,10 @@ ATTACK_PARAMS: dict[str, dict[str, Any]] = {
 # Methods of the image template that, overridden, make an attack plant by code of its own.
 OWN_CODE = ("plant", "train", "success_rate")
 # Attacks that plant in a family neither listing them nor reachable by the image rule.
-ATTACK_EXTRA_FAMILIES: dict[str, tuple[str, ...]] = {"cipher": ("tinylm",)}
+ATTACK_EXTRA_FAMILIES: dict[str, tuple[str, ...]] = {
+    "cipher": ("tinylm",),
+    "hidden_behaviour": ("tinylm_behaviours",),
+}
 
 # (kind, name) -> the clause a built-in is known to fail, with the finding.
 KNOWN_FAILURES: dict[tuple[str, str], str] = {

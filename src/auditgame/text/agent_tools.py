@@ -141,11 +141,12 @@ class TextTools(Tools):
         }
 
     @tool(access=Access.CLEAN_DATA)
-    def clean_samples(self, n: int = 10) -> dict[str, Any]:
-        """Up to ``n`` clean prompts of the family's validation split (what the model is meant
-        to answer), without the prefix."""
-        if not 1 <= n <= MAX_INPUTS:
-            raise ToolError(f"n must lie in 1..{MAX_INPUTS}")
+    def clean_samples(self, n: int = 10, start: int = 0) -> dict[str, Any]:
+        """Clean prompts ``start`` .. ``start + n`` of the family's validation split that this
+        audit holds (what the model is meant to answer), without the prefix."""
+        data = self.subject.clean_data
+        if not 1 <= n <= MAX_INPUTS or not 0 <= start < len(data):
+            raise ToolError(f"n must lie in 1..{MAX_INPUTS} and start in 0..{len(data) - 1}")
         prefix = len(self.interface.prefix)
-        prompts = unpack(self.subject.clean_data.x[:n])
-        return {"prompts": [self._decode(p[prefix:]) for p in prompts]}
+        prompts = unpack(data.x[start : start + n])
+        return {"prompts": [self._decode(p[prefix:]) for p in prompts], "held": len(data)}
