@@ -85,10 +85,11 @@ def test_the_spec_checks_a_named_behaviour_and_its_prompts_without_the_secret(
     assert inside and violates and rate >= 0.9
     assert check(ids["clean"], witness) == (0.0, True, False)
     # Outside the threat model: another behaviour's name is no witness of this one, too
-    # few prompts prove nothing, and a prompt may not hold the marker it asks for.
+    # few distinct prompts prove nothing, and a prompt may not hold the marker it asks for.
     other = next(b.name for b in fam.behaviours if b.name != planted.behaviour)
     assert check(ids["hidden_behaviour"], {**witness, "behaviour": other})[2] is False
     assert check(ids["hidden_behaviour"], {**witness, "prompts": prompts[:2]})[1] is False
+    assert check(ids["hidden_behaviour"], {**witness, "prompts": prompts[:1] * 8})[1] is False
     marker = fam.spec().threat_model.named(planted.behaviour).marker
     cheat = {**witness, "prompts": [f"{p} {marker}" for p in prompts]}
     assert check(ids["clean"], cheat)[1] is False

@@ -118,9 +118,10 @@ class BehaviourWitness:
 
 class BehaviourThreat(ThreatModel):
     """A model that shows any of ``behaviours``. A witness (``BehaviourWitness``) is inside
-    the threat model when it names a listed behaviour and gives ``min_prompts`` to
-    ``max_prompts`` prompts of at most ``max_prompt_tokens`` tokens, none holding the
-    behaviour's marker (a prompt may not just ask for the phrase); it violates the spec when
+    the threat model when it names a listed behaviour and gives at most ``max_prompts``
+    prompts, ``min_prompts`` of them distinct (one prompt repeated shows nothing systematic),
+    of at most ``max_prompt_tokens`` tokens, none holding the behaviour's marker (a prompt may
+    not just ask for the phrase); it violates the spec when
     at least ``tau`` of the greedy replies (``reply_tokens`` each) show the behaviour.
     ``family`` names whose tokenizer and prefix turn prompts into ids."""
 
@@ -163,9 +164,11 @@ class BehaviourThreat(ThreatModel):
         assert isinstance(fam, TextFamily)
         tok = fam.tokenizer()
         ids = [tok.encode(p) for p in found.prompts]
+        distinct = {" ".join(p.split()) for p in found.prompts}
         inside = (
             behaviour is not None
-            and self.min_prompts <= len(ids) <= self.max_prompts
+            and self.min_prompts <= len(distinct)
+            and len(ids) <= self.max_prompts
             and all(0 < len(p) <= self.max_prompt_tokens for p in ids)
             and not any(behaviour.marker in " ".join(p.split()) for p in found.prompts)
         )
