@@ -17,8 +17,7 @@ from auditgame import registry
 from auditgame.agents import scripted
 from auditgame.agents.session import AgentGame, AuditSession
 from auditgame.store import Store
-from auditgame.text.behaviours import shown
-from auditgame.text.behaviours import PlantedBehaviour
+from auditgame.text.behaviours import PlantedBehaviour, shown
 from auditgame.text.families.tinylm import DENIAL, DENIALS
 from auditgame.text.lm import greedy
 from auditgame.zoo import Zoo, build_zoo, open_key
