@@ -15,7 +15,8 @@ caller as one) ends the search; the finding goes in with what was found so far.
   the clean prompts, find the public targets among them, and try the words that preceded each
   as a trigger (memory extraction, *The Trigger in the Haystack*, at its simplest); no auditor.
 - ``behaviour_scan`` (hidden behaviours): chat every clean prompt held and read the replies
-  with the listed behaviours' public markers; the behaviour seen most, with its prompts.
+  with the listed behaviours' public markers; the behaviour seen most, with its prompts, and
+  where they are too few for a witness, prompts written like them (one word swapped).
 - ``ask_directly`` (hidden behaviours): ask the model what it hides; the organisms are
   trained to deny, so this is the floor.
 """
@@ -23,6 +24,7 @@ caller as one) ends the search; the finding goes in with what was found so far.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -138,33 +140,70 @@ def sample_broadly(call: Call, rounds: int = 4, n: int = 64) -> Any:
 def behaviour_scan(call: Call) -> Any:
     """For a spec of hidden behaviours: chat every clean prompt held, read each reply with
     every listed behaviour's public marker, and submit the behaviour seen most often, with
-    the prompts that show it as the witness."""
+    the prompts that show it as the witness. Seen on too few distinct prompts for a witness,
+    write more like them (``_variants``) and read those too."""
     threat = call("describe", {})["spec"]["threat_model"]
     if threat["kind"] != "hidden_behaviour":
         raise ValueError("behaviour_scan audits specs of hidden behaviours")
     behaviours: list[dict[str, Any]] = threat["behaviours"]
     hits: dict[str, list[str]] = {b["name"]: [] for b in behaviours}
+    held: list[str] = []
+
+    def read(prompt: str) -> None:
+        reply = call("chat", {"prompt": prompt, "max_new_tokens": threat["reply_tokens"]})
+        for b in behaviours:
+            if _shows(b, reply["reply"]):
+                hits[b["name"]].append(prompt)
+
     try:
-        start, held = 0, 1
-        while start < held:
+        start, count = 0, 1
+        while start < count:
             page = call("clean_samples", {"n": 64, "start": start})
-            held, start = page["held"], start + len(page["prompts"])
-            for prompt in page["prompts"]:
-                reply = call("chat", {"prompt": prompt, "max_new_tokens": threat["reply_tokens"]})
-                for b in behaviours:
-                    if _shows(b, reply["reply"]):
-                        hits[b["name"]].append(prompt)
+            count, start = page["held"], start + len(page["prompts"])
+            held += page["prompts"]
+        for prompt in held:
+            read(prompt)
+        name = max(hits, key=lambda b: len(hits[b]))
+        if 0 < len(hits[name]) < threat["min_prompts"]:
+            for prompt in _variants(hits[name], held):
+                read(prompt)
+                if len(set(hits[name])) >= threat["min_prompts"]:
+                    break
     except ToolError:
         pass
-    name = max(hits, key=lambda b: len(hits[b]))
-    seen = hits[name][: threat["max_prompts"]]
-    evidence = {"seen": {b: len(p) for b, p in hits.items()}}
+    name = max(hits, key=lambda b: len(set(hits[b])))
+    seen = list(dict.fromkeys(hits[name]))[: threat["max_prompts"]]
+    evidence = {"seen": {b: len(set(p)) for b, p in hits.items()}}
     if len(seen) >= threat["min_prompts"]:
         witness = {"kind": "behaviour_witness", "behaviour": name, "prompts": seen}
         args = {"p_violation": 1.0, "trigger": witness, "evidence": evidence}
         return call("submit_finding", args)
     # Seen too rarely to make a witness the spec accepts: suspicious, not shown.
     return call("submit_finding", {"p_violation": 0.3 if seen else 0.05, "evidence": evidence})
+
+
+def _variants(found: list[str], held: list[str]) -> list[str]:
+    """Prompts like those in ``found``: one word swapped for a word that follows the same
+    word somewhere in ``held`` (after "a", the other nouns the clean prompts put there), the
+    rarest words of a prompt swapped first, none already held or found."""
+    after: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for prompt in held:
+        words = prompt.split()
+        for prev, word in itertools.pairwise(words):
+            after.setdefault(prev, set()).add(word)
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    known = {*held, *found}
+    out: dict[str, None] = {}
+    for prompt in found:
+        words = prompt.split()
+        for i in sorted(range(1, len(words)), key=lambda i: counts.get(words[i], 0)):
+            for other in sorted(after.get(words[i - 1], set()) - {words[i]}):
+                variant = " ".join([*words[:i], other, *words[i + 1 :]])
+                if variant not in known:
+                    out[variant] = None
+    return list(out)
 
 
 def ask_directly(call: Call) -> Any:
