@@ -46,7 +46,7 @@ FILE_SECONDS = {
     "test_neural_cleanse.py": 25,
     "test_audit_own_lm.py": 50,
     "test_haystack.py": 30,
-    "test_agents.py": 45,
+    "test_agents.py": 48,
     "test_inspect.py": 22,
     "test_behaviours.py": 30,
     "test_audit_own.py": 24,

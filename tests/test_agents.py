@@ -85,6 +85,24 @@ def test_tools_answer_within_access_and_budget_and_the_judge_scores_each_finding
     assert finding["evidence"]["tool_calls"] == 5
 
 
+def test_a_one_organism_session_records_a_failure_only_after_the_agent_called_a_tool(
+    tiny_zoo: TinyZoo, tmp_path: Path
+) -> None:
+    """What an Inspect sample gets: closed without a finding after the agent looked, the
+    organism is a failed finding; closed before the agent called anything (the harness
+    failed), nothing is recorded and a rerun audits it."""
+    game = AgentGame(zoo=tiny_zoo.zoo.root, agent="one")
+    first, second = tiny_zoo.zoo.ids[:2]
+    with Store(tmp_path / "r.sqlite") as store:
+        with AuditSession(game, tiny_zoo.key, store, only=first) as session:
+            assert session.call("describe")["organism"] == first
+        with AuditSession(game, tiny_zoo.key, store, only=second):
+            pass
+        rows = {s.organism_id: s for s in store.scores(game.id)}
+    assert set(rows) == {first}
+    assert rows[first].error == "the agent stopped without submitting a finding"
+
+
 def test_an_auditor_the_agent_runs_is_sealed_like_any_other(
     tiny_zoo: TinyZoo, tmp_path: Path
 ) -> None:

@@ -132,8 +132,11 @@ class AuditSession:
         only: str | None = None,
     ) -> None:
         """``only``: audit this one organism of the game (one Inspect sample, one MCP
-        server); closing the session before its finding is submitted then records a failed
-        finding for it, scored as the worst answer, as for an auditor that crashed."""
+        server); closing the session before its finding is submitted, after the agent called
+        any tool, then records a failed finding for it, scored as the worst answer, as for an
+        auditor that crashed. Closed before any call (the harness failed before the agent
+        ran), nothing is recorded and a rerun audits it: an agent that has seen nothing of an
+        organism cannot choose which ones to leave out."""
         from auditgame.game import fits_root
 
         self.game = game
@@ -158,6 +161,7 @@ class AuditSession:
         self.sealed = self.child.sealed
         self.organism_id: str | None = None
         self._folder: Path | None = None
+        self._called = False
         self.usage = Usage()
         self._open_next()
 
@@ -171,7 +175,7 @@ class AuditSession:
         """Stop the tools' child; in a one-organism session, an open organism gets a failed
         finding (the agent stopped without an answer)."""
         self.child.close()
-        if self.only is not None and self.organism_id is not None:
+        if self.only is not None and self.organism_id is not None and self._called:
             self._record(
                 Finding(
                     auditor=self.game.auditor,
@@ -195,6 +199,7 @@ class AuditSession:
                 budget, a second finding, or no organism left to audit.
         """
         args = dict(args or {})
+        self._called = True
         if name == "describe":
             return self.describe()
         if self.organism_id is None:
@@ -437,6 +442,7 @@ class AuditSession:
         if self.only is not None:
             todo = [o for o in todo if o == self.only]
         self.usage = Usage()
+        self._called = False
         self.organism_id = todo[0] if todo else None
         if self.organism_id is not None:
             self._stage()
