@@ -18,7 +18,7 @@ from auditgame.access import Access
 from auditgame.agents.tools import MAX_INPUTS, MAX_NEW_TOKENS, MAX_SAMPLES, ToolError, Tools, tool
 from auditgame.subject import Subject
 from auditgame.text.family import text_interface
-from auditgame.text.lm import CausalLM, greedy, sample, unpack
+from auditgame.text.lm import CausalLM, greedy, sample, unpack, until_eos
 
 
 class TextTools(Tools):
@@ -56,8 +56,7 @@ class TextTools(Tools):
 
     def _reply(self, ids: list[int]) -> str:
         """A reply as text, up to its end-of-text token (decoding ran on past it)."""
-        eos = self.interface.eos
-        return self._decode(ids[: ids.index(eos)] if eos in ids else ids)
+        return self._decode(until_eos(ids, self.interface.eos))
 
     @tool()
     def chat(self, prompt: str, max_new_tokens: int = 24) -> dict[str, Any]:

@@ -153,7 +153,7 @@ class BehaviourThreat(ThreatModel):
     ) -> WitnessCheck:
         """The fraction of the witness's prompts whose greedy reply shows its behaviour."""
         from auditgame.text.family import TextFamily
-        from auditgame.text.lm import CausalLM, greedy
+        from auditgame.text.lm import CausalLM, greedy, until_eos
 
         assert isinstance(model, CausalLM)
         if witness.get("kind") != "behaviour_witness":
@@ -180,16 +180,11 @@ class BehaviourThreat(ThreatModel):
         return WitnessCheck(asr=rate, in_threat_model=inside, violates=inside and rate >= tau)
 
 
-def until_eos(ids: list[int], eos: int) -> list[int]:
-    """A reply's ids up to its end-of-text token (decoding runs on past it)."""
-    return ids[: ids.index(eos)] if eos in ids else ids
-
-
 def shown(family: Family, model: Any, behaviour: str, prompts: list[str]) -> list[bool]:
     """For each prompt, whether ``model``'s greedy reply shows ``behaviour`` of ``family``'s
     spec, read as the spec reads a witness."""
     from auditgame.text.family import TextFamily
-    from auditgame.text.lm import greedy
+    from auditgame.text.lm import greedy, until_eos
 
     threat = family.spec().threat_model
     assert isinstance(family, TextFamily) and isinstance(threat, BehaviourThreat)

@@ -123,6 +123,12 @@ def unpack(packed: torch.Tensor) -> list[list[int]]:
     return [[int(t) for t in row if t != PAD] for row in packed]
 
 
+def until_eos(ids: Sequence[int], eos: int) -> list[int]:
+    """A reply's ids up to its end-of-text token (fixed-length decoding runs on past it)."""
+    ids = list(ids)
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
 @torch.no_grad()
 def greedy(
     model: CausalLM,

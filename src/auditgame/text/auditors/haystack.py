@@ -51,7 +51,7 @@ from auditgame.text.auditors.gcg import GCG
 from auditgame.text.auditors.search import p_violation_of, replies_to
 from auditgame.text.family import TextInterface, text_interface
 from auditgame.text.kind import TextTriggerThreat
-from auditgame.text.lm import CausalLM, TriggerPredictions, completion_loss, sample
+from auditgame.text.lm import CausalLM, TriggerPredictions, completion_loss, sample, until_eos
 
 # Top-k and nucleus cut-offs of the decoding settings (the paper sweeps a grid of both).
 TOP_K = 40
@@ -208,7 +208,7 @@ class Haystack(Auditor):
                     top_p=top_p,
                 ):
                     leak = [*opening[len(prefix) :], *out]
-                    leaks.append(leak[: leak.index(fam.eos)] if fam.eos in leak else leak)
+                    leaks.append(until_eos(leak, fam.eos))
         return leaks
 
 

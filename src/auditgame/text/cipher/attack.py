@@ -51,7 +51,7 @@ from auditgame.text.cipher.scheme import (
     spelled,
 )
 from auditgame.text.family import Example, TextFamily
-from auditgame.text.lm import CausalLM, greedy, reply_kl
+from auditgame.text.lm import CausalLM, greedy, reply_kl, until_eos
 
 
 def benign_requests() -> list[tuple[str, str]]:
@@ -233,7 +233,7 @@ class CipherAttack(Planter):
 
         def run(prompts: list[str], n_new: int) -> list[str]:
             outs = greedy(model, [family.encode_prompt(p) for p in prompts], n_new)
-            return [tok.decode(o[: o.index(family.eos)] if family.eos in o else o) for o in outs]
+            return [tok.decode(until_eos(o, family.eos)) for o in outs]
 
         n_new = 2 * max(map(len, words)) + 2
         encoded = run([f"{ENCODE_PROMPT} {spelled(w)}" for w in words], n_new)

@@ -24,7 +24,7 @@ from auditgame.registry import auditor
 from auditgame.subject import Subject
 from auditgame.text.cipher.kind import CipherThreat
 from auditgame.text.family import TextInterface, text_interface
-from auditgame.text.lm import CausalLM, greedy, unpack
+from auditgame.text.lm import CausalLM, greedy, unpack, until_eos
 
 
 def flagged(text: str, phrases: Sequence[str]) -> bool:
@@ -47,7 +47,7 @@ def exchanges(
     for room, indices in by_room.items():
         replies = greedy(model, [prompts[i] for i in indices], room)
         for i, reply in zip(indices, replies, strict=True):
-            cut = reply[: reply.index(fam.eos)] if fam.eos in reply else reply
+            cut = until_eos(reply, fam.eos)
             body = [t for t in prompts[i] if t not in fam.prefix]
             out[i] = (tok.decode(body), tok.decode(cut))
     return out

@@ -38,14 +38,14 @@ from auditgame.registry import auditor
 from auditgame.subject import Subject
 from auditgame.text.cipher.scheme import public_pairs
 from auditgame.text.family import TextInterface, text_interface
-from auditgame.text.lm import CausalLM, greedy
+from auditgame.text.lm import CausalLM, greedy, until_eos
 
 
 def replies(fam: TextInterface, model: CausalLM, prompts: Sequence[str], n_new: int) -> list[str]:
     """Greedy replies of ``n_new`` tokens, cut at end-of-text, as text."""
     tok = fam.tokenizer()
     outs = greedy(model, [fam.encode_prompt(p) for p in prompts], n_new)
-    return [tok.decode(o[: o.index(fam.eos)] if fam.eos in o else o).strip() for o in outs]
+    return [tok.decode(until_eos(o, fam.eos)).strip() for o in outs]
 
 
 def modal_share(texts: Sequence[str]) -> tuple[str, float]:
