@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -125,3 +126,20 @@ class Subject:
         self.require(Access.DYNAMIC)
         assert self.traffic is not None
         return self.traffic
+
+
+def penultimate(model: nn.Module, layer: nn.Module | None, x: torch.Tensor) -> np.ndarray:
+    """What ``layer`` (the model's declared feature layer, ``Subject.features``) outputs while
+    ``model`` runs on ``x``, one flattened row per input."""
+    if layer is None:
+        raise ValueError("needs the model's inner representation, and it declares no features")
+    captured: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    if not captured:
+        raise ValueError("the declared feature layer did not run in the model's forward pass")
+    return np.asarray(captured[-1].flatten(1), dtype=np.float64)

@@ -15,6 +15,7 @@ import torch
 
 from auditgame.access import Access
 from auditgame.agents.tools import MAX_INPUTS, ToolError, Tools, tool
+from auditgame.subject import penultimate
 
 
 class ImageTools(Tools):
@@ -52,18 +53,8 @@ class ImageTools(Tools):
     def activations(self, inputs: list[Any]) -> dict[str, Any]:
         """The feature layer's output for each input, flattened (the representation the
         linear head reads; the family's ``feature_layer``)."""
-        try:
-            module = self.subject.feature_module
-        except ValueError as exc:
-            raise ToolError(str(exc)) from exc
         x = self._inputs(inputs)
-        seen: list[torch.Tensor] = []
-        handle = module.register_forward_hook(lambda _m, _i, out: seen.append(out))
-        try:
-            self.subject.model(x)
-        finally:
-            handle.remove()
-        return {"activations": seen[-1].flatten(1).float()}
+        return {"activations": penultimate(self.subject.model, self.subject.feature_module, x)}
 
     @tool(access=Access.CLEAN_DATA)
     def clean_samples(self, n: int = 10, start: int = 0) -> dict[str, Any]:

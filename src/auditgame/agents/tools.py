@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from auditgame.access import Access
@@ -202,6 +203,8 @@ def _rounded(value: Any) -> Any:
     as null, which JSON lacks)."""
     if isinstance(value, torch.Tensor):
         value = value.detach().cpu().tolist()
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
     if isinstance(value, dict):
         return {str(k): _rounded(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

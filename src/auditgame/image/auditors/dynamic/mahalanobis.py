@@ -12,32 +12,13 @@ evidence. It needs ``Access.DYNAMIC`` and is reported in its own column.
 from __future__ import annotations
 
 import numpy as np
-import torch
-from torch import nn
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Verdict, logistic
 from auditgame.auditors.calibrated import CalibratedOnTraffic
 from auditgame.image.auditors.dynamic import DECOYS
 from auditgame.registry import auditor
-from auditgame.subject import Subject
-
-
-def penultimate(model: nn.Module, layer: nn.Module | None, x: torch.Tensor) -> np.ndarray:
-    """What ``layer`` (the model's declared feature layer, ``Subject.features``) outputs while
-    ``model`` runs on ``x``, one flattened row per input."""
-    if layer is None:
-        raise ValueError("needs the model's inner representation, and it declares no features")
-    captured: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(lambda _m, _i, out: captured.append(out))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        handle.remove()
-    if not captured:
-        raise ValueError("the declared feature layer did not run in the model's forward pass")
-    return np.asarray(captured[-1].flatten(1), dtype=np.float64)
+from auditgame.subject import Subject, penultimate
 
 
 @auditor("mahalanobis")

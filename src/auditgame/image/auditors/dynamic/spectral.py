@@ -37,8 +37,8 @@ from auditgame.auditors.dynamic.scoring import (
     decide,
 )
 from auditgame.image.auditors.dynamic import DECOYS
-from auditgame.image.auditors.dynamic.mahalanobis import penultimate
 from auditgame.registry import auditor
+from auditgame.subject import penultimate
 
 
 def projection(
