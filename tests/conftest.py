@@ -74,6 +74,18 @@ class TinyZoo:
 
 
 @pytest.fixture(scope="session")
+def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
+    """A tinylm zoo of two (seed 1: one clean fine-tune, one ``trojan_pairs`` organism with
+    20 trojans), built once per test process for the text game and the agents' MCP test."""
+    root = tmp_path_factory.mktemp("text") / "tinylm-2"
+    zoo = build_zoo("tinylm", 2, 1, root, attacks=["trojan_pairs"], workers=2)
+    key = open_key(zoo, None)
+    roles = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
+    assert roles == ["clean", "trojan_pairs"]
+    return zoo, key
+
+
+@pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> TinyZoo:
     root = tmp_path_factory.mktemp("zoo") / "digits-4"
     zoo = build_zoo("digits", 4, 0, root, workers=1)

@@ -18,7 +18,7 @@ from auditgame.agents.client import play_over_mcp
 from auditgame.agents.session import AgentGame, AuditSession
 from auditgame.agents.tools import ToolBudget, ToolError
 from auditgame.store import UNREVEALED, Store
-from auditgame.zoo import Zoo, build_zoo, open_key
+from auditgame.zoo import Zoo
 from conftest import TinyZoo
 
 HOSTILE = "hostile_auditors"
@@ -128,19 +128,10 @@ def test_an_auditor_the_agent_runs_is_sealed_like_any_other(
     assert got["secrets_alive"] == 0 and got["network"] is not True
 
 
-@pytest.fixture(scope="module")
-def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> Zoo:
-    root = tmp_path_factory.mktemp("agents") / "tinylm-2"
-    zoo = build_zoo("tinylm", 2, 1, root, attacks=["trojan_pairs"], workers=2)
-    key = open_key(zoo, None)
-    assert sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids) == [
-        "clean",
-        "trojan_pairs",
-    ]
-    return zoo
-
-
-def test_an_mcp_client_audits_a_tinylm_zoo_end_to_end(text_zoo: Zoo, tmp_path: Path) -> None:
+def test_an_mcp_client_audits_a_tinylm_zoo_end_to_end(
+    text_zoo: tuple[Zoo, bytes], tmp_path: Path
+) -> None:
+    zoo, _ = text_zoo
     store_path = tmp_path / "r.sqlite"
     refused: list[str] = []
     tools: list[str] = []
@@ -154,8 +145,8 @@ def test_an_mcp_client_audits_a_tinylm_zoo_end_to_end(text_zoo: Zoo, tmp_path: P
         return scripted.auditor_then_verify(call, "gcg", seconds=4)
 
     options = ["--agent", "mcp-test", "--store", str(store_path), "--access", "weights"]
-    answers = play_over_mcp(text_zoo.root, agent, [*options, "--seconds", "30"])
-    assert [a["recorded"] for a in answers] == text_zoo.ids
+    answers = play_over_mcp(zoo.root, agent, [*options, "--seconds", "30"])
+    assert [a["recorded"] for a in answers] == zoo.ids
     assert set(tools) >= {"chat", "generate", "next_token_distribution", "activations"}
     assert len(refused) == 2 and all("needs CLEAN_DATA" in r for r in refused)
     with Store(store_path) as store:
@@ -165,7 +156,7 @@ def test_an_mcp_client_audits_a_tinylm_zoo_end_to_end(text_zoo: Zoo, tmp_path: P
     assert {s.auditor for s in scores} == {"agent:mcp-test"} and len(scores) == 2
     assert all(s.error is None and s.sealed for s in scores)
     assert all(r["secret_json"] != UNREVEALED for r in rows)
-    for s, answer in zip(sorted(scores, key=lambda s: text_zoo.ids.index(s.organism_id)), answers,
+    for s, answer in zip(sorted(scores, key=lambda s: zoo.ids.index(s.organism_id)), answers,
                          strict=True):  # fmt: skip
         # The agent flags exactly where its witness reproduced a target verbatim, which the
         # spec confirmed without the secret.

@@ -25,20 +25,10 @@ from auditgame.store import Store
 from auditgame.subject import Subject
 from auditgame.testing import reachable_strings
 from auditgame.text.lm import TextTrojans
-from auditgame.zoo import Zoo, build_zoo, open_key
+from auditgame.zoo import Zoo
 
 # Trains or optimises: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels
-
-
-@pytest.fixture(scope="module")
-def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
-    root = tmp_path_factory.mktemp("text") / "tinylm-2"
-    zoo = build_zoo("tinylm", 2, 1, root, attacks=["trojan_pairs"], workers=2)
-    key = open_key(zoo, None)
-    roles = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
-    assert roles == ["clean", "trojan_pairs"]
-    return zoo, key
 
 
 def test_a_text_game_scores_tdc_metrics(text_zoo: tuple[Zoo, bytes], tmp_path: Path) -> None:
