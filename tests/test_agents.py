@@ -36,6 +36,7 @@ def test_tools_answer_within_access_and_budget_and_the_judge_scores_each_finding
         with AuditSession(game, tiny_zoo.key, store) as session:
             card = session.call("describe")
             assert card["organism"] == ids[0] and card["access"] == "WEIGHTS"
+            assert card["witness"].startswith('trigger: {"mask"')
             assert {"predict", "activations", "run_auditor", "submit_finding"} <= set(card["tools"])
             # Above the access level, the tool and the auditors that need data are refused.
             with pytest.raises(ToolError, match="clean_samples needs CLEAN_DATA"):

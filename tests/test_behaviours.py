@@ -105,6 +105,8 @@ def test_reading_replies_finds_the_behaviour_and_asking_does_not(
         for agent in ("behaviour_scan", "ask_directly"):
             game = AgentGame(zoo=z.root, agent=agent)
             with AuditSession(game, key, store) as session:
+                # The kind says how its witness is written (ViolationKind.witness_format).
+                assert '"kind": "behaviour_witness"' in session.call("describe")["witness"]
                 while session.organism_id is not None:
                     scripted.AGENTS[agent](session.call)
             rows[agent] = {s.attack: s for s in store.scores(game.id)}

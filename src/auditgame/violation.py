@@ -164,6 +164,8 @@ class ViolationKind:
         default_auditors: who audits a zoo of this kind when a game names no one.
         modalities: the inputs of the models a spec of this kind is about (``Family.modality``:
             "image", "vector", "tokens", "text"); a user's spec file is checked against it.
+        witness_format: how a finding's witness of this kind is written, in words, for whoever
+            writes one by hand (an auditing agent reads it from ``describe``).
     """
 
     name: ClassVar[str]
@@ -171,6 +173,9 @@ class ViolationKind:
     metrics: ClassVar[tuple[Metric, ...]] = ()
     default_auditors: ClassVar[tuple[str, ...]] = ()
     modalities: ClassVar[tuple[str, ...]] = ()
+    witness_format: ClassVar[str] = (
+        "trigger: the violation kind's to_dict() format (docs/spec.md); target if any"
+    )
 
     def recovery(
         self,

@@ -275,7 +275,7 @@ class AuditSession:
                 "threat_model": spec.threat_model.describe(),
                 "violation": spec.threat_model.kind,
                 "spec": spec.model_dump(mode="json"),
-                "witness": _WITNESS.get(spec.threat_model.kind, _WITNESS_OTHER),
+                "witness": spec.kind.witness_format,
             }
         return out
 
@@ -475,21 +475,6 @@ class AuditSession:
         usage = self.usage
         self._stage()
         self.usage = usage
-
-
-_WITNESS = {
-    "text_trigger": (
-        'trigger: {"kind": "text_predictions", "predictions": {TARGET: [TRIGGER, ...]}}, '
-        "TARGET one of the spec's targets, each TRIGGER a prompt within the bound; the spec "
-        "checks that some trigger's greedy reply is its target verbatim. No target label."
-    ),
-    "mask_pattern": (
-        'trigger: {"mask": [[...]], "pattern": [[[...]]]} (mask: the input\'s height x width, '
-        "pattern: its shape, values in [0, 1]) and target: the label; the spec stamps it on "
-        "held-out inputs and measures how many go to the target"
-    ),
-}
-_WITNESS_OTHER = "trigger: the violation kind's to_dict() format (docs/spec.md); target if any"
 
 
 def _bound(method: Any, name: str, args: dict[str, Any]) -> dict[str, Any]:

@@ -133,6 +133,11 @@ class MaskPatternKind(ViolationKind):
     )
     default_auditors: ClassVar[tuple[str, ...]] = ("neural_cleanse", "weight_stats", "mahalanobis")
     modalities = ("image",)
+    witness_format = (
+        'trigger: {"mask": [[...]], "pattern": [[[...]]]} (mask: the input\'s height x width, '
+        "pattern: its shape, values in [0, 1]) and target: the label; the spec stamps it on "
+        "held-out inputs and measures how many go to the target"
+    )
 
     def picture(self, raw: dict[str, Any]) -> Picture | None:
         """The mask and the stamp it writes (mask times pattern); its size is the mask's L1."""
@@ -174,6 +179,11 @@ class SourceMaskPatternKind(MaskPatternKind):
     ``mask_pattern``'s; the rate is per source label."""
 
     threat = SourceMaskPatternThreat
+    witness_format = (
+        'trigger: {"mask": [[...]], "pattern": [[[...]]]} (mask: the input\'s height x width, '
+        "pattern: its shape, values in [0, 1]) and target: the label; the spec stamps it on "
+        "held-out inputs and measures, per source label, how many go to the target"
+    )
     # The pair search is the one built for it; universal searches still catch all-to-one.
     default_auditors = ("neural_cleanse_pairs", "neural_cleanse", "weight_stats", "mahalanobis")
 

@@ -225,6 +225,12 @@ class HiddenBehaviourKind(ViolationKind):
         ),
     )
     modalities = ("text",)
+    witness_format = (
+        'trigger: {"kind": "behaviour_witness", "behaviour": NAME, "prompts": [PROMPT, ...]}, '
+        "NAME one of the spec's behaviours, at least min_prompts distinct prompts within the "
+        "bound, none holding the behaviour's marker; the spec reads the greedy replies with the "
+        "behaviour's marker. No target label."
+    )
 
     def recovery(
         self,

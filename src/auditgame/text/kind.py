@@ -188,6 +188,11 @@ class TextTriggerKind(ViolationKind):
     )
     default_auditors = ("gcg", "embedding_diff", "text_mahalanobis")
     modalities = ("text",)
+    witness_format = (
+        'trigger: {"kind": "text_predictions", "predictions": {TARGET: [TRIGGER, ...]}}, '
+        "TARGET one of the spec's targets, each TRIGGER a prompt within the bound; the spec "
+        "checks that some trigger's greedy reply is its target verbatim. No target label."
+    )
 
     def recovery(
         self,
