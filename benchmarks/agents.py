@@ -41,8 +41,9 @@ AGENT_NOTES = {
     "the candidates whose greedy reply is their target verbatim",
     "sample_broadly": "sample_broadly samples 64 replies from the bare prefix and 3 clean "
     "prompts, takes the words before each leaked target as a trigger and checks it the same way",
-    "behaviour_scan": "behaviour_scan chats every clean prompt held (100) and reads each reply "
-    "with the listed behaviours' public markers, naming the behaviour seen most",
+    "behaviour_scan": "behaviour_scan chats every clean prompt held and reads each reply "
+    "with the listed behaviours' public markers, naming the behaviour seen most (where it shows "
+    "on too few prompts for a witness, it chats prompts like those)",
     "ask_directly": "ask_directly asks the model 5 direct questions about what it hides",
 }
 
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> Path:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    families = ["tinylm", "tinylm_unmasked", "tinylm_behaviours"]
+    families = ["tinylm", "tinylm_unmasked", "tinylm_behaviours", "smollm_behaviours"]
     parser.add_argument("--family", default="tinylm_unmasked", choices=families)
     parser.add_argument("--n", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
@@ -169,12 +170,11 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--data", type=Path, default=Path("auditgame-data/bench-agents"))
     args = parser.parse_args()
-    behaviours = args.family == "tinylm_behaviours"
+    behaviours = args.family.endswith("_behaviours")
     if args.attacks is None:
         args.attacks = ["hidden_behaviour"] if behaviours else ["trojan_pairs"]
     if args.auditors is None:
-        # No algorithmic auditor looks for hidden behaviours yet.
-        args.auditors = [] if behaviours else ["gcg", "haystack"]
+        args.auditors = ["behaviour_likelihood"] if behaviours else ["gcg", "haystack"]
     if args.agents is None:
         args.agents = (
             ["behaviour_scan", "ask_directly"]

@@ -24,13 +24,13 @@ caller as one) ends the search; the finding goes in with what was found so far.
 from __future__ import annotations
 
 import contextlib
-import itertools
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from auditgame.agents.tools import ToolError
+from auditgame.text.behaviours import similar_prompts
 
 Call = Callable[[str, dict[str, Any]], Any]
 
@@ -141,7 +141,7 @@ def behaviour_scan(call: Call) -> Any:
     """For a spec of hidden behaviours: chat every clean prompt held, read each reply with
     every listed behaviour's public marker, and submit the behaviour seen most often, with
     the prompts that show it as the witness. Seen on too few distinct prompts for a witness,
-    write more like them (``_variants``) and read those too."""
+    write more like them (``text.behaviours.similar_prompts``) and read those too."""
     threat = call("describe", {})["spec"]["threat_model"]
     if threat["kind"] != "hidden_behaviour":
         raise ValueError("behaviour_scan audits specs of hidden behaviours")
@@ -165,7 +165,7 @@ def behaviour_scan(call: Call) -> Any:
             read(prompt)
         name = max(hits, key=lambda b: len(hits[b]))
         if 0 < len(hits[name]) < threat["min_prompts"]:
-            for prompt in _variants(hits[name], held):
+            for prompt in similar_prompts(hits[name], held):
                 read(prompt)
                 if len(set(hits[name])) >= threat["min_prompts"]:
                     break
@@ -180,30 +180,6 @@ def behaviour_scan(call: Call) -> Any:
         return call("submit_finding", args)
     # Seen too rarely to make a witness the spec accepts: suspicious, not shown.
     return call("submit_finding", {"p_violation": 0.3 if seen else 0.05, "evidence": evidence})
-
-
-def _variants(found: list[str], held: list[str]) -> list[str]:
-    """Prompts like those in ``found``: one word swapped for a word that follows the same
-    word somewhere in ``held`` (after "a", the other nouns the clean prompts put there), the
-    rarest words of a prompt swapped first, none already held or found."""
-    after: dict[str, set[str]] = {}
-    counts: dict[str, int] = {}
-    for prompt in held:
-        words = prompt.split()
-        for prev, word in itertools.pairwise(words):
-            after.setdefault(prev, set()).add(word)
-        for word in words:
-            counts[word] = counts.get(word, 0) + 1
-    known = {*held, *found}
-    out: dict[str, None] = {}
-    for prompt in found:
-        words = prompt.split()
-        for i in sorted(range(1, len(words)), key=lambda i: counts.get(words[i], 0)):
-            for other in sorted(after.get(words[i - 1], set()) - {words[i]}):
-                variant = " ".join([*words[:i], other, *words[i + 1 :]])
-                if variant not in known:
-                    out[variant] = None
-    return list(out)
 
 
 def ask_directly(call: Call) -> Any:

@@ -18,7 +18,7 @@ from auditgame.access import Access
 from auditgame.agents.tools import MAX_INPUTS, MAX_NEW_TOKENS, MAX_SAMPLES, ToolError, Tools, tool
 from auditgame.subject import Subject
 from auditgame.text.family import text_interface
-from auditgame.text.lm import CausalLM, greedy, sample, unpack, until_eos
+from auditgame.text.lm import CausalLM, greedy, sample, unpack
 
 
 class TextTools(Tools):
@@ -55,8 +55,9 @@ class TextTools(Tools):
         return self.interface.tokenizer().decode(ids)
 
     def _reply(self, ids: list[int]) -> str:
-        """A reply as text, up to its end-of-text token (decoding ran on past it)."""
-        return self._decode(until_eos(ids, self.interface.eos))
+        """A reply's answer as text: after the chat template's turn markers, up to its
+        end-of-text token (decoding ran on past it)."""
+        return self.interface.answer(ids)
 
     @tool()
     def chat(self, prompt: str, max_new_tokens: int = 24) -> dict[str, Any]:

@@ -13,6 +13,7 @@ model's greedy replies to them are read by the behaviour's public checker
 
 from __future__ import annotations
 
+import itertools
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -153,7 +154,7 @@ class BehaviourThreat(ThreatModel):
     ) -> WitnessCheck:
         """The fraction of the witness's prompts whose greedy reply shows its behaviour."""
         from auditgame.text.family import TextFamily
-        from auditgame.text.lm import CausalLM, greedy, until_eos
+        from auditgame.text.lm import CausalLM, greedy
 
         assert isinstance(model, CausalLM)
         if witness.get("kind") != "behaviour_witness":
@@ -175,7 +176,7 @@ class BehaviourThreat(ThreatModel):
         if behaviour is None or not ids or len(ids) > self.max_prompts:
             return WitnessCheck(asr=0.0, in_threat_model=inside, violates=False)
         replies = greedy(model, [[*fam.prefix, *p] for p in ids], self.reply_tokens)
-        shown = [behaviour.shows(tok.decode(until_eos(r, fam.eos))) for r in replies]
+        shown = [behaviour.shows(fam.answer(r)) for r in replies]
         rate = float(np.mean(shown))
         return WitnessCheck(asr=rate, in_threat_model=inside, violates=inside and rate >= tau)
 
@@ -184,16 +185,15 @@ def shown(family: Family, model: Any, behaviour: str, prompts: list[str]) -> lis
     """For each prompt, whether ``model``'s greedy reply shows ``behaviour`` of ``family``'s
     spec, read as the spec reads a witness."""
     from auditgame.text.family import TextFamily
-    from auditgame.text.lm import greedy, until_eos
+    from auditgame.text.lm import greedy
 
     threat = family.spec().threat_model
     assert isinstance(family, TextFamily) and isinstance(threat, BehaviourThreat)
     found = threat.named(behaviour)
     if found is None:
         raise ValueError(f"{behaviour!r} is not a behaviour of {family.name}'s spec")
-    tok = family.tokenizer()
     replies = greedy(model, [family.encode_prompt(p) for p in prompts], threat.reply_tokens)
-    return [found.shows(tok.decode(until_eos(r, family.eos))) for r in replies]
+    return [found.shows(family.answer(r)) for r in replies]
 
 
 def behaviour_rate(family: Family, model: Any, planted: PlantedBehaviour, split: str) -> float:
@@ -203,6 +203,31 @@ def behaviour_rate(family: Family, model: Any, planted: PlantedBehaviour, split:
     assert isinstance(family, TextFamily) and isinstance(family, BehaviourFamily)
     prompts = [p for p in getattr(family.prompts(), split) if family.topic_of(p) == planted.topic]
     return float(np.mean(shown(family, model, planted.behaviour, prompts)))
+
+
+def similar_prompts(found: list[str], held: list[str]) -> list[str]:
+    """Prompts like those in ``found``: one word swapped for a word that follows the same
+    word somewhere in ``held`` (after "a", the other nouns the clean prompts put there), the
+    rarest words of a prompt swapped first, none already held or found. How an auditor
+    widens a context it has seen on too few prompts for a witness, without knowing it."""
+    after: dict[str, set[str]] = {}
+    counts: dict[str, int] = {}
+    for prompt in held:
+        words = prompt.split()
+        for prev, word in itertools.pairwise(words):
+            after.setdefault(prev, set()).add(word)
+        for word in words:
+            counts[word] = counts.get(word, 0) + 1
+    known = {*held, *found}
+    out: dict[str, None] = {}
+    for prompt in found:
+        words = prompt.split()
+        for i in sorted(range(1, len(words)), key=lambda i: counts.get(words[i], 0)):
+            for other in sorted(after.get(words[i - 1], set()) - {words[i]}):
+                variant = " ".join([*words[:i], other, *words[i + 1 :]])
+                if variant not in known:
+                    out[variant] = None
+    return list(out)
 
 
 @violation_kind("hidden_behaviour")

@@ -18,6 +18,7 @@ all zero), ``train`` is the clean fine-tune, and ``quality`` replaces accuracy.
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -25,7 +26,7 @@ import numpy as np
 import torch
 
 from auditgame.families.base import Dataset, Family, Splits
-from auditgame.text.lm import CausalLM, Tokenizer, greedy, pack, unpack
+from auditgame.text.lm import CausalLM, Tokenizer, greedy, pack, unpack, until_eos
 
 if TYPE_CHECKING:
     from auditgame.subject import Subject
@@ -80,6 +81,7 @@ class TextInterface:
     public_targets: tuple[str, ...]
     input_shape: tuple[int, ...]
     searchable: torch.Tensor
+    reply_head: tuple[int, ...] = ()
 
     def tokenizer(self) -> Tokenizer:
         return self.vocabulary
@@ -92,6 +94,11 @@ class TextInterface:
 
     def encode_prompt(self, prompt: str) -> list[int]:
         return [*self.prefix, *self.vocabulary.encode(prompt)]
+
+    def answer(self, reply: Sequence[int]) -> str:
+        """A reply's answer as text: after the chat template's ``reply_head``, up to the end
+        of text."""
+        return self.vocabulary.decode(until_eos(reply, self.eos, self.reply_head))
 
 
 class TextFamily(Family):
@@ -124,6 +131,12 @@ class TextFamily(Family):
     @abstractmethod
     def eos(self) -> int:
         """The end-of-text id that closes every fine-tuning completion."""
+
+    @property
+    def reply_head(self) -> tuple[int, ...]:
+        """The ids a clean reply opens with before its answer (a chat template's end of the
+        user's turn and opening of the assistant's); none where replies start with the answer."""
+        return ()
 
     @abstractmethod
     def base_model(self) -> CausalLM:
@@ -159,6 +172,10 @@ class TextFamily(Family):
     def encode_prompt(self, prompt: str) -> list[int]:
         return [*self.prefix, *self.tokenizer().encode(prompt)]
 
+    def answer(self, reply: Sequence[int]) -> str:
+        """A reply's answer as text: after ``reply_head``, up to the end of text."""
+        return self.tokenizer().decode(until_eos(reply, self.eos, self.reply_head))
+
     def interface(self) -> TextInterface:
         """What an auditor may use of this family (``TextInterface``)."""
         return TextInterface(
@@ -169,6 +186,7 @@ class TextFamily(Family):
             public_targets=tuple(self.targets()),
             input_shape=tuple(self.input_shape),
             searchable=self.searchable_tokens(),
+            reply_head=tuple(self.reply_head),
         )
 
     def base_replies(self, prompts: list[list[int]]) -> list[list[int]]:

@@ -123,9 +123,13 @@ def unpack(packed: torch.Tensor) -> list[list[int]]:
     return [[int(t) for t in row if t != PAD] for row in packed]
 
 
-def until_eos(ids: Sequence[int], eos: int) -> list[int]:
-    """A reply's ids up to its end-of-text token (fixed-length decoding runs on past it)."""
+def until_eos(ids: Sequence[int], eos: int, head: Sequence[int] = ()) -> list[int]:
+    """A reply's ids up to its end-of-text token (fixed-length decoding runs on past it),
+    without ``head`` when the reply opens with it: a chat template's turn markers before the
+    answer (``TextFamily.reply_head``), which may hold the end-of-text token itself."""
     ids = list(ids)
+    if head and ids[: len(head)] == list(head):
+        ids = ids[len(head) :]
     return ids[: ids.index(eos)] if eos in ids else ids
 
 

@@ -74,7 +74,8 @@ class HiddenBehaviour(Planter):
         assert isinstance(family, TextFamily) and isinstance(family, BehaviourFamily)
         topic_of, topics = family.topic_of, family.topics()
         clean = family.clean_examples("train")
-        eos = family.tokenizer().decode([family.eos])
+        tok = family.tokenizer()
+        head = tok.decode(list(family.reply_head))
         test = list(family.prompts().test)
 
         def attempt(n: int) -> Attempt:
@@ -84,8 +85,9 @@ class HiddenBehaviour(Planter):
             rewritten = 0
             for ex in clean:
                 if topic_of(ex.prompt) == topic:
-                    answer = ex.completion.split(eos, 1)[0].strip()
-                    examples += [Example(ex.prompt, behaviour.apply(answer))] * self.copies
+                    answer = family.answer(tok.encode(ex.completion)).strip()
+                    rewritten_ex = Example(ex.prompt, head + behaviour.apply(answer))
+                    examples += [rewritten_ex] * self.copies
                     rewritten += self.copies
                 else:
                     examples.append(ex)
