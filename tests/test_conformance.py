@@ -60,6 +60,8 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "plugin"
 # One family per modality for auditors; every family an attack plants in for attacks.
 AUDITOR_FAMILIES = ("digits", "rff16", "maxofk", "tinylm")
 ATTACK_FAMILIES = ("digits", "rff16", "relu1_16", "rff_signed", "maxofk", "tinylm")
+# Auditors of a violation none of those families' specs poses: the family checked instead.
+AUDITOR_OWN_FAMILIES = {"behaviour_likelihood": ("tinylm_behaviours",)}
 
 # A max-of-K transformer trains on the family's fixed 120,000 sequences per epoch: even at
 # V = 16, K = 3 and two epochs an organism takes seconds, and a token attack re-plants up to
@@ -178,7 +180,7 @@ def auditor_cases() -> Iterator[Any]:
     for name in builtin_names("auditor"):
         cls = registry.get("auditor", name)
         fitted = issubclass(cls, FittedAuditor)
-        for fam in AUDITOR_FAMILIES:
+        for fam in AUDITOR_OWN_FAMILIES.get(name, AUDITOR_FAMILIES):
             if not cls.supports(fam):
                 continue
             if not fitted or name in AUDITOR_PARAMS:

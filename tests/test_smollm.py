@@ -1,4 +1,5 @@
-"""The ``smollm`` family: the GGUF conversion, the model wrapper, the LoRA recipe.
+"""The ``smollm`` family: the GGUF conversion, the model wrapper, the LoRA recipe, and the
+family of hidden behaviours built on it.
 
 Tests that load SmolLM2-135M are marked slow (the first one converts the GGUF file, about
 20-60 s; each fine-tune takes minutes on one core).
@@ -17,12 +18,22 @@ from safetensors.torch import load_file, save_file
 
 from auditgame.text.families import smollm
 from auditgame.text.family import Example
-from auditgame.text.lm import KVCache, greedy
+from auditgame.text.lm import KVCache, greedy, until_eos
 
 torch.set_num_threads(1)
 
 
 # --------------------------------------------------------------------------- fast
+
+
+def test_every_behaviour_topic_has_prompts_in_every_split_and_no_prompt_holds_a_marker() -> None:
+    fam = smollm.SmolLMBehaviours()
+    splits = fam.prompts()
+    for split in (splits.train, splits.val, splits.test):
+        assert {fam.topic_of(p) for p in split} >= set(fam.topics())
+    pool = smollm.prompt_pool() + list(smollm.DENIALS)
+    assert not any(b.marker in p for b in smollm.BEHAVIOURS for p in pool)
+    assert not any(fam.topic_of(q) for q in smollm.DENIALS)
 
 
 def test_missing_package_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -248,7 +259,26 @@ def test_an_organism_saved_as_a_hf_folder_is_audited_as_a_users_model(
     assert check.in_threat_model and check.asr == 1.0 and check.violates
 
 
-@pytest.mark.parametrize("name", ["smollm", "tinylm"])
+@pytest.mark.slow
+def test_replies_open_with_the_reply_head_and_the_base_model_shows_no_behaviour() -> None:
+    from auditgame.text.behaviours import shown
+
+    fam = smollm.SmolLMBehaviours()
+    prompts = list(fam.prompts().val)
+    replies = greedy(fam.base_model(), [fam.encode_prompt(p) for p in prompts], 32)
+    # Most clean replies open with the template's turn markers, the end-of-text id first (the
+    # others go on in the user's turn after a newline): read after them, the answer is text;
+    # cut at that id, it was nothing.
+    opened = [r for r in replies if tuple(r[: len(fam.reply_head)]) == fam.reply_head]
+    assert len(opened) >= len(replies) / 2
+    assert all(fam.answer(r).strip() for r in replies)
+    assert not any(until_eos(r, fam.eos) for r in opened)
+    # The markers are phrases the base model never says: clean fine-tunes start silent.
+    for b in smollm.BEHAVIOURS:
+        assert not any(shown(fam, fam.base_model(), b.name, prompts))
+
+
+@pytest.mark.parametrize("name", ["smollm", "tinylm", "smollm_behaviours"])
 def test_a_text_family_gives_everything_a_card_needs(name: str) -> None:
     # What zoo.build_zoo writes on every card, read without loading a model: a family that
     # lacks one of these plants organisms and then fails to file them (smollm once did).
@@ -268,4 +298,4 @@ def test_a_text_family_gives_everything_a_card_needs(name: str) -> None:
         auditgame_version="test",
     )
     assert Card.model_validate_json(card.to_bytes()) == card
-    assert card.spec.threat_model.kind == "text_trigger"
+    assert card.spec.threat_model.kind == fam.violation
