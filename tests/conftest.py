@@ -86,6 +86,18 @@ def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
 
 
 @pytest.fixture(scope="session")
+def behaviour_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
+    """A tinylm_behaviours zoo of two (seed 0: one clean, one ``hidden_behaviour`` organism),
+    built once per test process for the behaviours' tests and the Inspect command line."""
+    root = tmp_path_factory.mktemp("behaviours") / "tinylm_behaviours-2"
+    zoo = build_zoo("tinylm_behaviours", 2, 0, root, attacks=["hidden_behaviour"], workers=2)
+    key = open_key(zoo, None)
+    roles = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
+    assert roles == ["clean", "hidden_behaviour"]
+    return zoo, key
+
+
+@pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> TinyZoo:
     root = tmp_path_factory.mktemp("zoo") / "digits-4"
     zoo = build_zoo("digits", 4, 0, root, workers=1)

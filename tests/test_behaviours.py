@@ -4,7 +4,7 @@ scanner and a scripted agent that reads replies find the behaviour, and asking t
 directly does not.
 
 One zoo of two ``tinylm_behaviours`` organisms (seed 0: one clean, one ``hidden_behaviour``)
-is built once for the module.
+is built once per test process (``conftest.behaviour_zoo``).
 """
 
 from __future__ import annotations
@@ -24,22 +24,15 @@ from auditgame.text.auditors.behaviour_likelihood import BehaviourLikelihood
 from auditgame.text.behaviours import PlantedBehaviour, shown
 from auditgame.text.families.tinylm import DENIAL, DENIALS
 from auditgame.text.lm import greedy
-from auditgame.zoo import Zoo, build_zoo, open_key
+from auditgame.zoo import Zoo
 
 # Trains: CI runs it again under ATEN_CPU_CAPABILITY=default (make test-kernels).
 pytestmark = pytest.mark.kernels
 
 
-@pytest.fixture(scope="module")
-def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
-    root = tmp_path_factory.mktemp("behaviours") / "tinylm_behaviours-2"
-    zoo = build_zoo("tinylm_behaviours", 2, 0, root, attacks=["hidden_behaviour"], workers=2)
-    key = open_key(zoo, None)
-    assert sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids) == [
-        "clean",
-        "hidden_behaviour",
-    ]
-    return zoo, key
+@pytest.fixture
+def zoo(behaviour_zoo: tuple[Zoo, bytes]) -> tuple[Zoo, bytes]:
+    return behaviour_zoo
 
 
 def roles(zoo: Zoo, key: bytes) -> dict[str, str]:

@@ -8,10 +8,12 @@ from our store — the same row an algorithmic auditor's finding makes — so ag
 same leaderboard and report; a sample that ends without a finding is a failed finding, scored
 as the worst answer.
 
-    inspect eval auditgame/inspect.py@audit_task -T zoo=zoos/tinylm-10 \\
+    inspect eval auditgame/audit_task -T zoo=zoos/tinylm-10 \\
         -T store=results.sqlite --model anthropic/claude-sonnet-4-5 --max-samples 1
 
-Needs ``inspect-ai`` and the ``agents`` extra (``mcp``).
+Needs ``inspect-ai`` and the ``agents`` extra (``mcp``). Inspect finds the task by the
+package's ``inspect_ai`` entry point, which also registers the scripted agents as models
+(``--model auditgame/<agent>``, ``inspect_scripted``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from auditgame.agents.client import PASSED_ENV
 from auditgame.agents.serve import INSTRUCTIONS
 from auditgame.agents.session import AgentGame
 from auditgame.agents.tools import ToolBudget
+from auditgame.inspect_scripted import ScriptedAgents  # noqa: F401 (registers the models)
 from auditgame.store import Store
 from auditgame.zoo import Zoo
 
