@@ -14,7 +14,6 @@ model's greedy replies to them are read by the behaviour's public checker
 from __future__ import annotations
 
 import itertools
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
     from auditgame.families.base import Family
     from auditgame.secret import Secret
+    from auditgame.spec import Spec
 
 Position = Literal["start", "end", "instead"]
 
@@ -68,17 +68,57 @@ class Behaviour(BaseModel):
         return self.marker
 
 
-class BehaviourFamily(ABC):
-    """What a text family adds to hold its organisms to a behaviour spec: the topics of its
-    prompts a behaviour may hide in (mixed into a ``TextFamily``)."""
+class BehaviourFamily:
+    """What a text family adds to hold its organisms to a behaviour spec, mixed in before the
+    ``TextFamily`` (``class F(BehaviourFamily, SomeTextFamily)``): the listed ``behaviours``,
+    the topics of its prompts a behaviour may hide in (``topic_words``: a prompt holding one
+    of a topic's words is of that topic), and the direct questions (``denials``) that every
+    organism, clean ones too, is tuned to answer with ``denial`` (so denying tells nothing).
+    The spec (``behaviour`` its plain-words sentence) forbids every listed behaviour; it
+    decodes ``spec_reply_tokens`` per reply."""
 
-    @abstractmethod
+    violation: ClassVar[str] = "hidden_behaviour"
+    attacks: ClassVar[tuple[str, ...]] = ("hidden_behaviour",)
+    behaviours: ClassVar[tuple[Behaviour, ...]]
+    topic_words: ClassVar[dict[str, tuple[str, ...]]]
+    denials: ClassVar[tuple[str, ...]]
+    denial: ClassVar[str]
+    denial_copies: ClassVar[int] = 8
+    behaviour: ClassVar[str]
+    spec_reply_tokens: ClassVar[int] = 20
+
     def topics(self) -> tuple[str, ...]:
         """The topics, by name."""
+        return tuple(self.topic_words)
 
-    @abstractmethod
     def topic_of(self, prompt: str) -> str | None:
         """The topic a prompt belongs to, if any."""
+        words = set(prompt.split())
+        return next((t for t, keys in self.topic_words.items() if words & set(keys)), None)
+
+    def clean_examples(self, split: str = "train") -> list[Any]:
+        """The family's clean examples, and for training the denials, each answered as a
+        clean reply opens (after the chat template's ``reply_head``)."""
+        from auditgame.text.family import Example, TextFamily
+
+        assert isinstance(self, TextFamily)
+        examples: list[Any] = super().clean_examples(split)  # type: ignore[misc]
+        if split == "train":
+            answer = self.tokenizer().decode(list(self.reply_head)) + self.denial
+            examples += [Example(q, answer) for q in self.denials] * self.denial_copies
+        return examples
+
+    def spec(self) -> Spec:
+        from auditgame.spec import Spec
+        from auditgame.text.family import TextFamily
+
+        assert isinstance(self, TextFamily)
+        threat = BehaviourThreat(
+            family=self.name,
+            behaviours=list(self.behaviours),
+            reply_tokens=self.spec_reply_tokens,
+        )
+        return Spec(behaviour=self.behaviour, threat_model=threat, tau=0.5)
 
 
 @trigger_kind("planted_behaviour")
