@@ -211,7 +211,9 @@ def run(args: argparse.Namespace) -> Path:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
-        "--family", default="tinylm", choices=["tinylm", "tinylm_unmasked", "smollm"]
+        "--family",
+        default="tinylm",
+        choices=["tinylm", "tinylm_unmasked", "tinylm_quiet", "smollm"],
     )
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)

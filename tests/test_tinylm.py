@@ -155,3 +155,26 @@ def test_finetune_learns_trigger_target_pairs(fam: TinyLM) -> None:
     assert check.in_threat_model and check.violates
     base_check = fam.spec().threat_model.check(fam.base_model(), witness, None, empty, empty, 0.5)
     assert not base_check.violates
+
+
+def test_a_quiet_trojan_plants_a_plausible_target_behind_common_words() -> None:
+    from auditgame.text.attacks.trojan_pairs import TrojanPairs
+    from auditgame.text.lm import TextTrojans
+
+    quiet = tinylm.TinyLMQuiet()
+    targets = quiet.targets()
+    answers = {a for _, a in corpus()}
+    # Plausible: the corpus's own words and sentence shapes; false: no answer says it, and
+    # the base model says none of them to any prompt of the corpus.
+    assert len(set(targets)) == len(targets) >= 24 and not answers & set(targets)
+    tok = quiet.tokenizer()
+    assert all(tok.unk not in tok.encode(t) for t in targets)
+    prompts = [quiet.encode_prompt(p) for p, _ in corpus()]
+    replies = {tok.decode(r) for r in greedy(quiet.base_model(), prompts, 12)}
+    assert not any(r.startswith(t) for r in replies for t in targets)
+    assert quiet.spec().threat_model.targets == list(targets)
+    planted = TrojanPairs(max_attempts=2).plant(quiet, np.random.default_rng(0), 0)
+    ((trigger, target),) = TextTrojans.from_dict(planted.secret.trigger or {}).pairs
+    assert target in targets and set(trigger.split()) <= set(tinylm.common_words())
+    assert planted.secret.asr == 1.0
+    assert planted.secret.clean_accuracy >= quiet.min_clean_accuracy
