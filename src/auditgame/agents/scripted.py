@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from auditgame.agents.tools import ToolError
-from auditgame.text.behaviours import similar_prompts
+from auditgame.prompts import similar_prompts
 
 Call = Callable[[str, dict[str, Any]], Any]
 
@@ -141,7 +141,7 @@ def behaviour_scan(call: Call) -> Any:
     """For a spec of hidden behaviours: chat every clean prompt held, read each reply with
     every listed behaviour's public marker, and submit the behaviour seen most often, with
     the prompts that show it as the witness. Seen on too few distinct prompts for a witness,
-    write more like them (``text.behaviours.similar_prompts``) and read those too."""
+    write more like them (``prompts.similar_prompts``) and read those too."""
     threat = call("describe", {})["spec"]["threat_model"]
     if threat["kind"] != "hidden_behaviour":
         raise ValueError("behaviour_scan audits specs of hidden behaviours")

@@ -21,9 +21,9 @@ the investigator-agent testbeds give their agents (AuditBench, Sheshadri et al. 
    the one named.
 4. **Witness.** The spec wants ``min_prompts`` distinct prompts whose greedy replies show the
    behaviour, and a context may hold fewer of the clean prompts (a topic with two of a hundred).
-   Prompts like the likeliest ones (one word swapped for a word the held prompts put after the
-   same word, ``similar_prompts``) are read in order of their seed's score until enough show
-   it or the budget ends.
+   Prompts like the likeliest ones (one word swapped for a word the held prompts put after
+   the same word, ``prompts.similar_prompts``) are read in order of their seed's score until
+   enough show it or the budget ends.
 
 The verdict follows the trigger searches' rule (``search.p_violation_of``): a witness the spec
 will accept is a counterexample, ``p_violation`` 1; otherwise half the highest marker
@@ -40,9 +40,10 @@ import torch
 
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
+from auditgame.prompts import similar_prompts
 from auditgame.registry import auditor
 from auditgame.subject import Subject
-from auditgame.text.behaviours import Behaviour, BehaviourThreat, BehaviourWitness, similar_prompts
+from auditgame.text.behaviours import Behaviour, BehaviourThreat, BehaviourWitness
 from auditgame.text.family import TextInterface, text_interface
 from auditgame.text.lm import CausalLM, greedy, unpack
 
