@@ -18,6 +18,8 @@ from auditgame import registry
 from auditgame.access import Access, Budget
 from auditgame.agents import scripted
 from auditgame.agents.session import AgentGame, AuditSession
+from auditgame.game import AuditorSpec, Game, play
+from auditgame.run.local import LocalExecutor
 from auditgame.run.task import make_subject
 from auditgame.store import Store
 from auditgame.text.auditors.behaviour_likelihood import BehaviourLikelihood
@@ -139,6 +141,27 @@ def test_the_likelihood_scan_names_the_behaviour_and_proves_it_and_spares_the_cl
     assert clean.p_violation is not None and clean.p_violation < 0.5
     assert max(clean.evidence["marker_probability"].values()) < 0.1
     assert bad.evidence["marker_probability"][planted.behaviour] > 0.5
+
+
+def test_a_game_runs_the_auditors_that_look_for_hidden_behaviours_and_skips_the_others(
+    zoo: tuple[Zoo, bytes], tmp_path: Path
+) -> None:
+    z, key = zoo
+    game = Game(
+        zoo=z.root,
+        auditors=[AuditorSpec(name="behaviour_likelihood"), AuditorSpec(name="gcg")],
+        budget=Budget(seconds=30),
+    )
+    with Store(tmp_path / "r.sqlite") as store:
+        game_id = play(game, key, store, LocalExecutor(1))
+        scores = store.scores(game_id)
+    # gcg looks for trigger phrases (text_trigger), not behaviours: no row is expected of it,
+    # and the game is complete, secrets revealed, with the scanner's rows alone.
+    assert sorted((s.auditor, s.attack) for s in scores) == [
+        ("behaviour_likelihood", "clean"),
+        ("behaviour_likelihood", "hidden_behaviour"),
+    ]
+    assert all(s.flagged == s.backdoored for s in scores)
 
 
 def test_hidden_behaviours_put_nothing_in_run_time_traffic(zoo: tuple[Zoo, bytes]) -> None:

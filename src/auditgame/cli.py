@@ -394,13 +394,20 @@ def play_cmd(
             if not sandbox.sealed():
                 err.print(f"[bold red]{sandbox.UNSEALED_WARNING}[/]")
             infos = list(describe_auditors(game, results).values())
-            playing = [i for i in infos if i.supports]
-            for skipped in sorted(set(names) - {i.name for i in playing}):
-                err.print(f"[yellow]skipped[/] {skipped}: it does not examine {opened.family}")
+            threat = opened.spec().threat_model.kind
+            playing = [i for i in infos if i.audits(threat)]
+            for info in infos:
+                if not info.supports:
+                    why = f"it does not examine {opened.family}"
+                elif not info.audits(threat):
+                    why = f"it looks for {', '.join(info.threats or ())}, not {threat}"
+                else:
+                    continue
+                err.print(f"[yellow]skipped[/] {info.name}: {why}")
             if not playing:
                 raise AuditgameError(
-                    f"no auditor of this game examines family {opened.family}; name one with "
-                    "--auditor (`auditgame list auditors` shows what each examines)"
+                    f"no auditor of this game examines family {opened.family} for {threat}; name "
+                    "one with --auditor (`auditgame list auditors` shows what each examines)"
                 )
             todo = len(opened.ids) * len(playing) - len(results.finished(game.id))
             fits = fits_root(results)

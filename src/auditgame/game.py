@@ -126,6 +126,7 @@ def play(
     zoo.check_key(key)
     family = registry.get("family", zoo.family)()
     kind = zoo.spec().kind
+    threat = zoo.spec().threat_model.kind
     fits_folder = fits_root(store, fits_dir)
     hidden = hidden_paths(game, store, fits_folder)
     infos = describe_auditors(game, store, fits_folder)
@@ -138,7 +139,7 @@ def play(
     fits: dict[str, Fit] = {}
     for spec in game.auditors:
         info = infos[spec.name]
-        if info.fitted and info.supports and any((o, spec.name) not in done for o in zoo.ids):
+        if info.fitted and info.audits(threat) and any((o, spec.name) not in done for o in zoo.ids):
             # Clean references are public and shared: built here once, read by the sandboxed
             # fit from its view of the cache (a sandbox's own builds die with it).
             needed = references_needed(info.params)
@@ -154,7 +155,9 @@ def play(
     # Grouped by auditor: a worker keeps one sandboxed child per auditor warm.
     for spec in game.auditors:
         info = infos[spec.name]
-        if not info.supports:
+        # Not of the family's kind, or looking for another violation than the spec's: the
+        # auditor has nothing to say here, and no row is expected of it.
+        if not info.audits(threat):
             continue
         for oid in zoo.ids:
             if (oid, spec.name) in done:
@@ -195,7 +198,7 @@ def play(
             on_score(result)
 
     executor.run(tasks, judge_outcome)
-    expected = {(o, s.name) for s in game.auditors if infos[s.name].supports for o in zoo.ids}
+    expected = {(o, s.name) for s in game.auditors if infos[s.name].audits(threat) for o in zoo.ids}
     if expected <= store.finished(game_id):
         store.reveal(game_id, secrets)
     return game_id

@@ -287,6 +287,7 @@ class AuditSession:
             for name in registry.names("auditor")
             if registry.is_builtin(cls := registry.get("auditor", name))
             and cls.supports(self.zoo.family)
+            and (cls.threats is None or self.zoo.spec().threat_model.kind in cls.threats)
             and cls.access <= self.game.access
             and (self.game.reference or not cls.reference)
         )
@@ -312,6 +313,8 @@ class AuditSession:
             raise AuditgameError(f"not a built-in auditor; these are: {self._auditors()}")
         if not info.supports:
             raise AuditgameError("it does not examine this family")
+        if not info.audits(self.zoo.spec().threat_model.kind):
+            raise AuditgameError(f"it looks for {', '.join(info.threats or ())} violations")
         if info.access > self.game.access:
             raise AuditgameError(f"it needs {info.access.name} access; this game gives less")
         if info.reference and not self.game.reference:

@@ -119,6 +119,7 @@ class Child:
             "fitted": isinstance(auditor, FittedAuditor),
             "params": json.loads(json.dumps(auditor.get_params(), default=str)),
             "supports": bool(cls.supports(str(request["family"]))),
+            "threats": None if cls.threats is None else list(cls.threats),
         }
         return {"info": info}
 

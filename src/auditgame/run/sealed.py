@@ -69,6 +69,7 @@ class AuditorInfo:
         access, reference: what its subject carries.
         fitted: whether it has a fitting stage.
         supports: whether it audits the game's family.
+        threats: the threat-model kinds it looks for (``Auditor.threats``; None: any).
     """
 
     name: str
@@ -78,10 +79,16 @@ class AuditorInfo:
     reference: bool
     fitted: bool
     supports: bool
+    threats: tuple[str, ...] | None = None
 
     @property
     def dynamic(self) -> bool:
         return self.access >= Access.DYNAMIC
+
+    def audits(self, threat: str) -> bool:
+        """Whether a game of a spec with ``threat`` (its threat model's kind) runs it: the
+        family is of its kind, and it looks for that violation."""
+        return self.supports and (self.threats is None or threat in self.threats)
 
 
 class ChildProcess:
@@ -257,6 +264,7 @@ def _auditor_info(
             reference=cls.reference,
             fitted=issubclass(cls, FittedAuditor),
             supports=cls.supports(family),
+            threats=None if cls.threats is None else tuple(cls.threats),
         )
     # A plugin: registered by a module this process imported (a test, a script), or by an
     # entry point, which is imported only inside the sandbox.
@@ -291,6 +299,7 @@ def _info(raw: dict[str, Any], name: str) -> AuditorInfo:
             reference=bool(raw["reference"]),
             fitted=bool(raw["fitted"]),
             supports=bool(raw["supports"]),
+            threats=None if raw.get("threats") is None else tuple(map(str, raw["threats"])),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ChildError(f"auditor {name!r} described itself wrongly: {exc}") from exc
