@@ -125,8 +125,8 @@ def play(
     zoo = Zoo(game.zoo)
     zoo.check_key(key)
     family = registry.get("family", zoo.family)()
-    kind = zoo.spec().kind
-    threat = zoo.spec().threat_model.kind
+    zoo_spec = zoo.spec()
+    kind, threat = zoo_spec.kind, zoo_spec.threat_model.kind
     fits_folder = fits_root(store, fits_dir)
     hidden = hidden_paths(game, store, fits_folder)
     infos = describe_auditors(game, store, fits_folder)

@@ -287,7 +287,7 @@ class AuditSession:
             for name in registry.names("auditor")
             if registry.is_builtin(cls := registry.get("auditor", name))
             and cls.supports(self.zoo.family)
-            and (cls.threats is None or self.zoo.spec().threat_model.kind in cls.threats)
+            and cls.looks_for(self.zoo.spec().threat_model.kind)
             and cls.access <= self.game.access
             and (self.game.reference or not cls.reference)
         )

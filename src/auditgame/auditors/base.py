@@ -74,6 +74,12 @@ class Auditor(Configurable, ABC):
         return modality in cls.modalities and (cls.families is None or family in cls.families)
 
     @classmethod
+    def looks_for(cls, threat: str) -> bool:
+        """Whether it looks for violations of a spec whose threat model is of kind ``threat``
+        (``threats``: None looks for any)."""
+        return cls.threats is None or threat in cls.threats
+
+    @classmethod
     def is_dynamic(cls) -> bool:
         return cls.access >= Access.DYNAMIC
 

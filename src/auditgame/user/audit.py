@@ -336,8 +336,9 @@ def _usable(cls: type[Auditor], spec: ImageClassification | LanguageModel) -> st
             "zoo does not have"
         )
     kind = spec.threat_model.kind
-    if cls.threats is not None and kind not in cls.threats:
-        return f"looks for {', '.join(cls.threats)} violations, and the spec's threat is {kind}"
+    if not cls.looks_for(kind):
+        looks = ", ".join(cls.threats or ())
+        return f"looks for {looks} violations, and the spec's threat is {kind}"
     return None
 
 
