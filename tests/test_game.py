@@ -24,6 +24,7 @@ from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.leaderboard import leaderboard
 from auditgame.registry import auditor
+from auditgame.report import write_report
 from auditgame.run.base import OnOutcome
 from auditgame.run.local import LocalExecutor
 from auditgame.run.task import Task, make_subject
@@ -149,6 +150,40 @@ def test_a_store_from_before_the_worst_answer_rule_is_rescored(tiny_zoo, tmp_pat
         scores = store.scores(game.id)
     assert all(s.p_violation == (0.0 if s.backdoored else 1.0) for s in scores)
     assert all(s.flagged != s.backdoored for s in scores)
+
+
+def test_a_clean_organism_a_witness_proves_is_a_natural_violation(tiny_zoo, tmp_path: Path) -> None:
+    """The digits spec forbids any mask of L1 up to 20 that sends half the other digits to
+    one label, and a clean 8x8 digit classifier has such masks for most labels (Neural
+    Cleanse's reach 82 to 95% at L1 8 to 15). A witness the spec verifies on a clean
+    organism is a natural violation: stored, counted apart in the leaderboard, listed in the
+    report; detection still scores the planting."""
+    nc = AuditorSpec(name="neural_cleanse", params={"calibrate": False})
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[nc])
+    path = tmp_path / "r.sqlite"
+    with Store(path) as store:
+        play(game, tiny_zoo.key, store, LocalExecutor(1))
+        scores = store.scores(game.id)
+    natural = {s.organism_id for s in scores if s.natural_violation}
+    clean = {s.organism_id for s in scores if not s.backdoored}
+    assert natural and natural <= clean
+    for s in scores:
+        assert s.witness_violates == bool(s.witness_in_threat_model and s.witness_asr >= 0.5)
+    (pooled,) = [r for r in leaderboard(scores) if r.attack == "all"]
+    assert pooled.n_natural == pooled.natural_found == len(natural)
+    # Detection still compares the planted with the clean: both clean organisms count.
+    assert pooled.n_clean == 2 and pooled.n_backdoored == 2
+    with Store(path) as store:
+        md, _ = write_report(store, tmp_path / "report", game.id)
+    text = md.read_text()
+    assert "### Natural violations" in text and "(natural violation)" in text
+    assert all(oid in text.split("### Natural violations")[1] for oid in natural)
+    # A store written before the column says nothing of it, and reads as no natural violation.
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE scores DROP COLUMN witness_violates")
+    with Store(path) as store:
+        assert all(s.witness_violates is None for s in store.scores(game.id))
+        assert not any(s.natural_violation for s in store.scores(game.id))
 
 
 def test_game_id_follows_what_is_played(tiny_zoo) -> None:

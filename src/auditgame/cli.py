@@ -599,7 +599,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 
 
 def _print_leaderboard(rows: list[LeaderRow]) -> None:
-    from auditgame.leaderboard import recovery_columns
+    from auditgame.leaderboard import ALL, recovery_columns
 
     for dynamic in (False, True):
         chosen = [r for r in rows if r.dynamic is dynamic]
@@ -648,6 +648,18 @@ def _print_leaderboard(rows: list[LeaderRow]) -> None:
                 str(r.errors),
             )
         Console(width=max(out.width, 170)).print(table)
+    natural: dict[str, int] = {}
+    for r in rows:
+        if r.attack == ALL and r.n_natural:
+            natural[r.family] = max(natural.get(r.family, 0), r.n_natural)
+    for family, n in sorted(natural.items()):
+        found = {r.auditor: r.natural_found for r in rows if r.family == family and r.attack == ALL}
+        who = ", ".join(f"{a} {k}" for a, k in sorted(found.items()) if k)
+        err.print(
+            f"natural violations: {n} clean {family} organism(s) proved by a witness to violate "
+            f"the spec ({who}); detection scores the planting, so flags on them count as false "
+            "alarms (docs/metrics.md)"
+        )
     unsealed = {r.auditor for r in rows if r.unsealed}
     if unsealed:
         err.print(

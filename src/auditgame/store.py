@@ -47,6 +47,7 @@ CREATE TABLE IF NOT EXISTS scores (
     target_correct INTEGER,
     witness_asr REAL,
     witness_in_threat_model INTEGER,
+    witness_violates INTEGER,
     seconds REAL NOT NULL,
     forward INTEGER NOT NULL,
     backward INTEGER NOT NULL,
@@ -79,6 +80,8 @@ ADDED_COLUMNS = {
     # Rows written before sandboxes were never sealed.
     "sealed": "INTEGER NOT NULL DEFAULT 0",
     "violation": "TEXT NOT NULL DEFAULT ''",
+    # Rows written before it say nothing of whether the witness proved a violation.
+    "witness_violates": "INTEGER",
 }
 # Recovery metrics that rows written before the ``recovery`` table kept in columns of their
 # own, moved into it when such a store is opened: ``trigger_recall`` was a cipher's key

@@ -14,6 +14,7 @@ from auditgame.report.content import (
     CHANCE_NOTE,
     DASH,
     DYNAMIC_NOTE,
+    NATURAL_NOTE,
     Cell,
     GameSection,
     Table,
@@ -74,7 +75,8 @@ def _organisms(s: GameSection) -> list[str]:
     table = Table(["organism", "family", "attack", "true target", *auditors], [])
     for o in s.organisms:
         mine = {a.auditor: a for a in o.audits}
-        cells = [Cell(o.organism_id), Cell(o.family), Cell(o.attack), Cell(target(o.true_target))]
+        attack = f"{o.attack} (natural violation)" if o.natural else o.attack
+        cells = [Cell(o.organism_id), Cell(o.family), Cell(attack), Cell(target(o.true_target))]
         for name in auditors:
             a = mine.get(name)
             if a is None:
@@ -102,6 +104,8 @@ def markdown(sections: Sequence[GameSection], store: Store) -> str:
         out += _table(s.static) if s.static else ["No static auditors in this game.", ""]
         out += ["### Leaderboard: dynamic baselines", "", DYNAMIC_NOTE, ""]
         out += _table(s.dynamic) if s.dynamic else ["No dynamic baselines in this game.", ""]
+        if s.naturals is not None:
+            out += ["### Natural violations", "", NATURAL_NOTE, "", *_table(s.naturals)]
         for kind in s.kinds:
             out += [f"### {_md(kind.title)}", "", _md(kind.note), ""]
             out += _table(kind.table)

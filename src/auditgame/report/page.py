@@ -19,6 +19,7 @@ from auditgame.report.content import (
     CHANCE_NOTE,
     DASH,
     DYNAMIC_NOTE,
+    NATURAL_NOTE,
     Audit,
     Cell,
     Drawing,
@@ -175,7 +176,13 @@ def _audit_row(a: Audit, o: OrganismEntry) -> str:
 
 def _organism(o: OrganismEntry) -> str:
     kind = "backdoored" if o.backdoored else "clean"
-    label = f"{o.attack} → {target(o.true_target)}" if o.backdoored else "clean"
+    label = (
+        f"{o.attack} → {target(o.true_target)}"
+        if o.backdoored
+        else "clean, natural violation"
+        if o.natural
+        else "clean"
+    )
     head = "".join(
         f'<th scope="col"><button type="button">{_h(h)}</button></th>' for h in AUDIT_HEADERS
     )
@@ -258,6 +265,12 @@ def _section(s: GameSection) -> list[str]:
             "backdoored organisms against all clean ones), all attacks dashed</summary>"
             '<div class="rocs">' + "".join(_roc(p) for p in s.auditor_rocs) + "</div></details>"
         )
+    if s.naturals is not None:
+        out += [
+            f'<h3 id="{s.anchor("natural")}">Natural violations</h3>',
+            f'<p class="note">{_h(NATURAL_NOTE)}</p>',
+            _table(s.naturals),
+        ]
     if s.chance:
         out += [
             f'<h3 id="{s.anchor("chance")}">Recovery against chance</h3>',
