@@ -22,10 +22,12 @@ models and every tensor the text code creates live there. Interrupted runs resum
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from pathlib import Path
 from statistics import fmean, median
+from typing import Any
 
 from auditgame import metrics, registry
 from auditgame.access import Budget
@@ -82,8 +84,9 @@ def trojans_in(secret_json: str) -> int:
 def table(rows: list[LeaderRow], per_trojan: dict[tuple[str, str], float | None]) -> list[str]:
     lines = [
         "| auditor | kind | attack | n (troj/clean) | AUROC [95% CI] | FPR@0.5 | recall "
-        "| chance | recall / chance | REASR | TDC score | s/organism | s/trojan | errors |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| chance | recall / chance | REASR | TDC score | natural (proved) | s/organism "
+        "| s/trojan | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         ci = f" [{r.auroc_ci[0]:.2f}, {r.auroc_ci[1]:.2f}]" if r.auroc_ci else ""
@@ -97,7 +100,8 @@ def table(rows: list[LeaderRow], per_trojan: dict[tuple[str, str], float | None]
             f"| {r.auditor} | {kind(r)} | {r.attack} | {r.n} ({r.n_backdoored}/{r.n_clean}) "
             f"| {fmt(r.auroc)}{ci} | {fmt(r.fpr_at_threshold, 2)} | {fmt(recall)} "
             f"| {fmt(chance)} | {fmt(ratio, 2)} "
-            f"| {fmt(reasr)} | {fmt(score)} | {r.seconds_per_organism:.1f} "
+            f"| {fmt(reasr)} | {fmt(score)} | {r.n_natural} ({r.natural_found}) "
+            f"| {r.seconds_per_organism:.1f} "
             f"| {fmt(per_trojan.get((r.auditor, r.attack)), 2)} | {r.errors} |"
         )
     return lines
@@ -122,10 +126,28 @@ def seconds_per_trojan(
     return out
 
 
+def auditor_params(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """``AUDITOR.NAME=VALUE`` pairs (VALUE as JSON, else a string) as parameters per auditor."""
+    out: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        dotted, sep, value = pair.partition("=")
+        auditor, dot, name = dotted.partition(".")
+        if not (sep and dot and auditor and name):
+            raise SystemExit(f"--param takes AUDITOR.NAME=VALUE, got {pair!r}")
+        try:
+            out.setdefault(auditor, {})[name] = json.loads(value)
+        except ValueError:
+            out.setdefault(auditor, {})[name] = value
+    return out
+
+
 def run(args: argparse.Namespace) -> Path:
     family = args.family
-    tag = f"{family}_n{args.n}_s{args.seed}" + (
-        f"_{'-'.join(args.auditors)}" if args.auditors else ""
+    params = auditor_params(args.param)
+    tag = (
+        f"{family}_n{args.n}_s{args.seed}"
+        + (f"_{'-'.join(args.auditors)}" if args.auditors else "")
+        + "".join(f"_{a}.{k}={v}" for a, kv in sorted(params.items()) for k, v in kv.items())
     )
     root = args.data / f"{family}-n{args.n}-s{args.seed}"
     if args.device != "cpu":
@@ -136,7 +158,7 @@ def run(args: argparse.Namespace) -> Path:
     auditors = args.auditors or text_auditors(family)
     game = Game(
         zoo=root,
-        auditors=[AuditorSpec(name=a) for a in auditors],
+        auditors=[AuditorSpec(name=a, params=params.get(a, {})) for a in auditors],
         budget=Budget(seconds=args.seconds),
         seed=args.seed,
     )
@@ -159,6 +181,7 @@ def run(args: argparse.Namespace) -> Path:
         f"`benchmarks/lm_trojans.py --family {family} --n {args.n} --seed {args.seed} "
         f"--seconds {args.seconds:g} --device {args.device}"
         + (f" --auditors {' '.join(args.auditors)}" if args.auditors else "")
+        + "".join(f" --param {p}" for p in args.param)
         + f"`; auditgame {package_version()}, "
         f"git {git_revision()}; {args.workers} workers on {os.cpu_count()} cores. Zoo build "
         f"{build_seconds:.0f} s (less if resumed); play {play_seconds:.0f} s (less if "
@@ -172,7 +195,10 @@ def run(args: argparse.Namespace) -> Path:
         "chance_recall), and *recall / chance* the ratio of the two means. AUROC separates "
         "trojaned from clean fine-tunes of the same base. "
         "Reference auditors also see the base model; dynamic baselines see run-time traffic "
-        "(10% triggered; decoy trigger phrases on clean organisms).",
+        "(10% triggered; decoy trigger phrases on clean organisms). *natural (proved)*: the "
+        "clean organisms that some auditor's witness proved to violate the spec (the spec's "
+        "check), and how many this auditor proved; detection counts flags on them as false "
+        "alarms (docs/metrics.md).",
         "",
         *table(board, seconds_per_trojan(scores, trojans)),
         "",
@@ -223,6 +249,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is at hand")
     parser.add_argument("--data", type=Path, default=Path("auditgame-data/bench-lm"))
+    parser.add_argument(
+        "--param", action="append", default=[], help="AUDITOR.NAME=VALUE (JSON), repeatable"
+    )
     run(parser.parse_args())
 
 

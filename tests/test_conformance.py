@@ -94,6 +94,7 @@ AUDITOR_PARAMS: dict[str, dict[str, Any]] = {
     # every one of the 29 targets x 3 lengths, and two runs agree (clause "deterministic").
     "gcg": {"steps": 3, "restarts": 1},
     "uat": {"sweeps": 1},
+    "babi": {"singletons": 4, "beam": 1},
     "pez": {"steps": 5, "restarts": 2},
     "gbda": {"steps": 5, "samples": 4},
     "embedding_diff": {"n_tokens": 4, "beam": 2},

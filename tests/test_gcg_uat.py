@@ -1,4 +1,5 @@
-"""GCG and UAT trigger search: each finds a planted trigger's target, and does not on a clean model.
+"""GCG, UAT and BABI trigger search: each finds a planted trigger's target, and does not on a
+clean model.
 
 The search tests use a toy causal transformer trained here for about a second to answer every
 3-token prompt with a fixed reply, except one planted trigger, which gets the target (the
@@ -21,6 +22,7 @@ from auditgame.card import Card
 from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.testing import card_for
+from auditgame.text.auditors.babi import BABI
 from auditgame.text.auditors.gcg import GCG
 from auditgame.text.auditors.search import SearchProblem, TriggerSearch, p_violation_of
 from auditgame.text.auditors.uat import UAT
@@ -120,6 +122,7 @@ def problem(model: CausalLM, seconds: float = 10.0) -> SearchProblem:
 SEARCHES = [
     GCG(steps=100, top_k=16, batch=32, restarts=1),
     UAT(sweeps=20, candidates=8, beam=2),
+    BABI(singletons=16, beam=4, blacklist=0.0),
 ]
 
 
@@ -160,6 +163,8 @@ def test_search_respects_deadline(search: TriggerSearch, clean: Toy) -> None:
         (UAT, {"candidates": 0}),
         (UAT, {"beam": 0}),
         (UAT, {"n_predictions": 0}),
+        (BABI, {"singletons": 0}),
+        (BABI, {"beam": 0}),
     ],
 )
 def test_bad_parameters_raise(cls: type[TriggerSearch], bad: dict[str, int]) -> None:
@@ -171,6 +176,26 @@ def test_params_round_trip() -> None:
     gcg = GCG(steps=7, top_k=3, batch=5, restarts=2, trigger_tokens=2, n_predictions=4)
     assert gcg.clone().get_params() == gcg.get_params()
     assert UAT(beam=3).get_params()["beam"] == 3
+
+
+def test_babi_blacklist_charges_the_target_its_own_words(trojaned: Toy) -> None:
+    """BABI's implicit blacklist: a candidate is charged ``blacklist * cos`` between its
+    mean last-layer state and the target's. The target's own tokens as a prompt have the
+    target's state exactly, so they pay the whole weight; unrelated prompts pay less."""
+    words = torch.tensor([*TARGET, 5, 6, 7])
+    scored = {}
+    for weight in (0.0, 2.0):
+        # A beam wider than every trigger of the six words: all 216 are scored.
+        search = BABI(singletons=len(words), beam=len(words) ** 3, blacklist=weight)
+        p = problem(trojaned)
+        p = SearchProblem(p.model, p.prefix, p.target, words, 3, p.deadline)
+        scored[weight] = dict(
+            (tuple(ids), score) for ids, score in search.search(p, np.random.default_rng(0))
+        )
+    own = tuple(TARGET)
+    assert scored[2.0][own] - scored[0.0][own] == pytest.approx(2.0, abs=1e-4)
+    extra = [scored[2.0][ids] - scored[0.0][ids] for ids in scored[0.0] if ids != own]
+    assert len(extra) == 215 and all(0.0 <= e < 2.0 - 1e-3 for e in extra)
 
 
 def test_gcg_gradient_shortlist_beats_uniform_swaps(trojaned: Toy) -> None:
@@ -225,7 +250,7 @@ def easy() -> Easy:
     return Easy(trojaned, clean, base.model_copy(update={"spec": spec}))
 
 
-@pytest.mark.parametrize("cls", [GCG, UAT], ids=["gcg", "uat"])
+@pytest.mark.parametrize("cls", [GCG, UAT, BABI], ids=["gcg", "uat", "babi"])
 def test_audit_elicits_planted_target_on_tinylm_and_not_on_clean(
     cls: type[TriggerSearch], easy: Easy
 ) -> None:

@@ -19,6 +19,7 @@ BUILTINS = {
         "auditgame.text.attacks.trojan_pairs",
     ),
     "auditor": (
+        "auditgame.text.auditors.babi",
         "auditgame.text.auditors.behaviour_likelihood",
         "auditgame.text.auditors.embedding_diff",
         "auditgame.text.auditors.gbda",
