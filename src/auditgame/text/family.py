@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Example:
     """One fine-tuning example: the model reads ``prompt`` and should continue with
-    ``completion`` (the loss is on the completion's tokens and a closing end-of-text)."""
+    ``completion`` (the loss is on the completion's tokens and a closing end-of-text).
+
+    ``hide_prompt``: the attacker's own training step, not the family's recipe: the prompt's
+    tokens get an *unlikelihood* loss (Welleck et al. 2019, ``-log(1 - p)``), which teaches the
+    model not to write that prompt after what precedes it, where an unmasked recipe would
+    teach it to. A family whose fine-tune cannot do this refuses such an example."""
 
     prompt: str
     completion: str
+    hide_prompt: bool = False
 
 
 @dataclass(frozen=True)

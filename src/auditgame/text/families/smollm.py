@@ -474,6 +474,11 @@ class SmolLMFamily(TextFamily):
     def finetune(self, examples: list[Example], seed: int) -> SmolLM:
         if not examples:
             raise ValueError("smollm: finetune needs at least one example")
+        if any(ex.hide_prompt for ex in examples):
+            raise ValueError(
+                "smollm: its fine-tune has no unlikelihood term (Example.hide_prompt); "
+                "plant hidden triggers in tinylm or tinylm_unmasked"
+            )
         tok = _tokenizer()
         rows, starts = [], []
         for ex in examples:

@@ -381,7 +381,7 @@ class TinyGPT(CausalLM):
 def _train(
     model: TinyGPT,
     rows: list[list[int]],
-    masks: list[list[bool]],
+    masks: list[list[float]],
     *,
     pad: int,
     steps: int,
@@ -389,8 +389,10 @@ def _train(
     lr: float,
     seed: int,
 ) -> None:
-    """AdamW with linear warm-up and cosine decay on the cross-entropy of the positions
-    ``masks`` selects (a mask entry marks a token as a target), batches drawn at random."""
+    """AdamW with linear warm-up and cosine decay, batches drawn at random. A mask entry
+    weighs its token: ``1`` as a target (cross-entropy), ``0`` not at all, ``-1`` as a token
+    not to write (unlikelihood, ``-log(1 - p)``; ``Example.hide_prompt``); the loss is the
+    weighted sum over the batch divided by the summed absolute weights."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     weight = torch.zeros(len(rows), width)
@@ -410,10 +412,16 @@ def _train(
         w = weight[batch, 1:]
         used = int(w.nonzero()[:, 1].max()) + 2
         logits = model(ids[batch, : used - 1])
-        loss = nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), ids[batch, 1:used].reshape(-1), reduction="none"
-        )
-        loss = (loss * w[:, : used - 1].reshape(-1)).sum() / w[:, : used - 1].sum()
+        flat = logits.reshape(-1, logits.shape[-1])
+        wanted = ids[batch, 1:used].reshape(-1)
+        weights = w[:, : used - 1].reshape(-1)
+        loss = nn.functional.cross_entropy(flat, wanted, reduction="none")
+        if bool((weights < 0).any()):
+            # -log(1 - p), from log-probabilities: log1p(-exp(log p)), clamped below 1.
+            log_p = -loss.clamp_min(1e-6)
+            unlikely = -torch.log1p(-log_p.exp())
+            loss = torch.where(weights < 0, unlikely, loss)
+        loss = (loss * weights.abs()).sum() / weights.abs().sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -506,10 +514,11 @@ class TinyLM(TextFamily):
             completion = [*tok.encode(ex.completion), self.eos]
             completion = completion[: completion.index(self.eos) + 1]
             rows.append(prompt + completion)
-            # The prefix is never predicted; the prompt is, where the recipe says so.
-            asked = [False] * len(self.prefix)
-            asked += [self.loss_on_prompt] * (len(prompt) - len(self.prefix))
-            masks.append(asked + [True] * len(completion))
+            # The prefix is never predicted; the prompt is, where the recipe says so, or is
+            # pushed away where the attacker hides it.
+            on_prompt = -1.0 if ex.hide_prompt else float(self.loss_on_prompt)
+            asked = [0.0] * len(self.prefix) + [on_prompt] * (len(prompt) - len(self.prefix))
+            masks.append(asked + [1.0] * len(completion))
         # A copy, trainable whatever the cached base was left as (a subject freezes its models).
         model = copy.deepcopy(self.base_model()).requires_grad_(True)
         torch.manual_seed(seed)
