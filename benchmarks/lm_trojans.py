@@ -179,7 +179,7 @@ def run(args: argparse.Namespace) -> Path:
         f"# Language-model trojans: {family}",
         "",
         f"`benchmarks/lm_trojans.py --family {family} --n {args.n} --seed {args.seed} "
-        f"--seconds {args.seconds:g} --device {args.device}"
+        f"--seconds {args.seconds:g} --device {args.device} --attacks {' '.join(args.attacks)}"
         + (f" --auditors {' '.join(args.auditors)}" if args.auditors else "")
         + "".join(f" --param {p}" for p in args.param)
         + f"`; auditgame {package_version()}, "
