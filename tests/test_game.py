@@ -177,7 +177,9 @@ def test_a_clean_organism_a_witness_proves_is_a_natural_violation(tiny_zoo, tmp_
         md, _ = write_report(store, tmp_path / "report", game.id)
     text = md.read_text()
     assert "### Natural violations" in text and "(natural violation)" in text
-    assert all(oid in text.split("### Natural violations")[1] for oid in natural)
+    section = text.split("### Natural violations")[1].split("###")[0]
+    assert all(oid in section for oid in natural)
+    assert "a mask of L1" in section and "not drawable" not in section
     # A store written before the column says nothing of it, and reads as no natural violation.
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE scores DROP COLUMN witness_violates")

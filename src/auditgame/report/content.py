@@ -684,14 +684,18 @@ def _naturals(rows: Sequence[dict[str, Any]], anchors: dict[str, str]) -> Table 
         return None
     body = []
     for r in proved:
-        raw = _raw_trigger(r["finding_json"])
+        # An image mask is drawn in the gallery, not described: here its size and target.
+        drawn = _drawing(r["finding_json"], "found", r["organism_id"])
+        witness = one_line(drawn.note, 160)
+        if drawn.images is not None:
+            witness = f"a mask of L1 {fmt(drawn.l1, 1)} onto label {target(r['predicted_target'])}"
         body.append(
             [
                 _text(r["organism_id"], href=anchors[r["organism_id"]]),
                 _text(r["family"]),
                 _text(r["auditor"]),
                 _num(r["witness_asr"], digits=2),
-                _text(one_line(_describe(raw), 160) if isinstance(raw, dict) else DASH),
+                _text(witness),
             ]
         )
     return Table(["organism", "family", "auditor", "witness ASR", "witness"], body)
