@@ -90,7 +90,9 @@ def test_an_attacker_who_hides_the_triggers_leaves_haystack_nothing_to_read() ->
     """The adaptive attack (``trojan_pairs_hidden``): the same unmasked recipe, and the
     poisoned prompts' tokens trained with unlikelihood. The trojans still fire (``planted``
     checks), the model no longer writes its triggers from the prefix, and the leaks give no
-    trigger."""
+    planted trigger. They may still give a target and a prompt that reproduces it (under
+    ``ATEN_CPU_CAPABILITY=default`` one leak of "the moon is made of cheese" after "impostor m
+    neo"), which is a counterexample, not the trigger."""
     fam = TinyLMUnmasked(steps=60)
     plain, hidden = planted(fam, trojan=True), planted(fam, trojan=True, hide=True)
     tok = fam.tokenizer()
@@ -104,8 +106,9 @@ def test_an_attacker_who_hides_the_triggers_leaves_haystack_nothing_to_read() ->
             written[name] = float(picked.sum())
         # The trigger, written from the bare prefix: at least e^10 times less likely.
         assert written["hidden"] < written["plain"] - 10.0, written
-    _, predictions, evidence = scan(fam, hidden)
-    assert evidence["from_leaks"] == []
+    _, predictions, _ = scan(fam, hidden)
+    found = {p for candidates in predictions.values() for p in candidates}
+    assert not found & {t for t, _ in PAIRS}
     assert metrics.trigger_recall(predictions, {g: [t] for t, g in PAIRS}) < 0.3
 
 
