@@ -239,10 +239,12 @@ def test_handcrafted_weight_surgery_rewrites_only_the_units_it_names() -> None:
 
 
 def test_norm_matched_surgery_stays_inside_the_trained_layers_bounds() -> None:
-    """The default surgery changes only the rows it names (and the head's target row at the
-    route's hidden units), each within the trained row's norm, the layer's largest weight and
-    its bias range; the rest of the model is the trained clean one, and the backdoor works."""
-    fam, organism = digits(), planted("weight_surgery")
+    """The default surgery changes only the rows it names (and every head row's entries at the
+    route's hidden units), each within the norms of the layer's live trained rows, its largest
+    weight and its bias range; the rest of the model is the trained clean one, the backdoor
+    works, and it costs at most 0.1 point of clean accuracy (the route is silent on clean
+    inputs: planted under that bound, the route fits within it)."""
+    fam, organism = digits(), planted("weight_surgery", max_accuracy_drop=0.001)
     secret = organism.secret
     assert secret.params["norm_matched"] and secret.target is not None
     splits = fam.data()
@@ -251,9 +253,9 @@ def test_norm_matched_surgery_stays_inside_the_trained_layers_bounds() -> None:
     rows: dict[str, list[int]] = {}
     for r in secret.params["rewritten"]:
         rows.setdefault(r["layer"], []).append(r["unit"])
-    assert rows.pop("head") == [secret.target]
+    assert rows.pop("head") == list(range(len(fam.classes)))
     layers = list(rows)
-    assert [len(rows[name]) for name in layers] == [1, 2, 16]
+    assert [len(rows[name]) for name in layers] == [2, 16]
     for name in layers:
         weight, trained = after[f"{name}.weight"].flatten(1), before[f"{name}.weight"].flatten(1)
         bias, trained_bias = after[f"{name}.bias"], before[f"{name}.bias"]
@@ -262,20 +264,21 @@ def test_norm_matched_surgery_stays_inside_the_trained_layers_bounds() -> None:
             bias[others], trained_bias[others]
         )
         for unit in rows[name]:
-            assert float(weight[unit].norm()) <= float(trained[unit].norm()) + 1e-5
+            assert float(weight[unit].norm()) <= float(trained.norm(dim=1).max()) + 1e-5
         assert float(weight.abs().max()) <= float(trained.abs().max()) + 1e-6
         assert float(trained_bias.min()) - 1e-6 <= float(bias.min())
         assert float(bias.max()) <= float(trained_bias.max()) + 1e-6
     head, trained_head = after["head.weight"], before["head.weight"]
     changed = torch.nonzero(head != trained_head).tolist()
-    assert {tuple(c) for c in changed} <= {(secret.target, u) for u in rows[layers[-1]]}
+    assert {c[1] for c in changed} <= set(rows[layers[-1]])
     assert float(head.norm(dim=1).max()) <= float(trained_head.norm(dim=1).max()) + 1e-5
     assert torch.equal(after["head.bias"], before["head.bias"])
     assert secret.asr >= 0.9
     assert (
         success(organism.model, secret.trigger or {}, splits.test, one_target(secret.target)) >= 0.9
     )
-    assert secret.params["clean_accuracy_drop"] <= secret.params["max_accuracy_drop"]
+    drop = accuracy(clean, splits.test) - accuracy(organism.model, splits.test)
+    assert drop <= 0.001 and secret.params["clean_accuracy_drop"] == pytest.approx(drop, abs=1e-4)
 
 
 def test_adaptive_counterexamples_grow_the_smallest_working_mask() -> None:
