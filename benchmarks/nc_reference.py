@@ -9,8 +9,10 @@ Adam and a lambda reset to 0:
 
 - an *epoch* is ``samples_per_epoch // batch_size`` mini-batches drawn from a shuffled,
   cycling pass over the clean data (Keras' ``ImageDataGenerator.flow``, one generator for all
-  labels); the example takes 1000 samples per epoch, the auditor here has 100, so an epoch is
-  the auditor's data (3 mini-batches of 32) and a label gets at most 1000 epochs;
+  labels); the example takes ``NB_SAMPLE = 1000`` samples per epoch (31 mini-batches), and so
+  does the reference by default (``--samples-per-epoch``): the generator cycles over the
+  auditor's 100 samples, as the authors' cycles over its data; a label gets at most 1000
+  epochs;
 - Adam (lr 0.1, betas 0.5 and 0.9, Keras' epsilon 1e-7) on the tanh-space mask and pattern,
   the loss ``sum over the batch of CE + lambda * |m|_1`` (Keras differentiates the per-sample
   loss vector, i.e. its sum);
@@ -25,10 +27,15 @@ Adam and a lambda reset to 0:
   anomaly index of the smallest norm, flagged above 2.
 
 Ours is the project's ``neural_cleanse`` with its defaults except ``calibrate=False``, the
-paper's MAD rule, so that both use one decision rule. Both see the ``Budget().n_clean`` clean
-validation samples a ``CLEAN_DATA`` subject gets, one torch thread, the same organisms, in
-turn on each organism. The statistic ranked for the AUROC is the anomaly index of the
-smallest label norm (ours: ``evidence["flagged_index"]``, the same quantity).
+paper's MAD rule, so that both use one decision rule. A second row for ours is its default,
+calibrated decision on the *same* searches: the calibrated statistic (each label's log norm
+standardised against 64 clean references of the family, ``fit_label_null``) is computed from
+the recorded norms, so it costs no audit time; the one-off fit per family (building the
+references and searching them) is timed and reported beside the table. Both methods see the
+``Budget().n_clean`` clean validation samples a ``CLEAN_DATA`` subject gets, one torch thread,
+the same organisms, in turn on each organism. The statistic ranked for the AUROC is the
+anomaly index of the smallest label norm (ours: ``evidence["flagged_index"]``, the same
+quantity), and for the calibrated row its own statistic.
 
 Writes ``benchmarks/results/nc_reference.md`` (one table per family); each organism's result
 is appended to ``<data>/<family>-n<N>-s<S>/records.jsonl`` as it finishes, so an interrupted
@@ -56,6 +63,8 @@ from torch import nn
 from auditgame import metrics, registry
 from auditgame.access import Access, Budget
 from auditgame.auditors.base import anomaly_index
+from auditgame.auditors.calibrated import null_tail
+from auditgame.fitting import fit_here
 from auditgame.provenance import git_revision, package_version
 from auditgame.run.task import make_subject
 from auditgame.subject import Subject
@@ -64,7 +73,17 @@ from auditgame.zoo import Zoo, build_zoo, open_key
 RESULTS = Path(__file__).parent / "results"
 ATTACKS = ("badnets", "blend")
 OURS = "neural_cleanse (ours, batched, calibrate=False)"
-REFERENCE = "reference NC (per label, authors' schedule)"
+OURS_CALIBRATED = "neural_cleanse (ours, calibrated: the default), same searches"
+# The example script's NB_SAMPLE: samples per epoch, i.e. 31 mini-batches of 32.
+PAPER_SAMPLES_PER_EPOCH = 1000
+
+
+def reference_name(samples_per_epoch: int | None) -> str:
+    """The reference's method name, which says its epoch (records of both epochs coexist)."""
+    epoch = "the auditor's data" if samples_per_epoch is None else f"{samples_per_epoch} samples"
+    return f"reference NC (per label, authors' schedule, epoch = {epoch})"
+
+
 # Keras' K.epsilon(), used by the authors' tanh reparametrisation and by Keras' Adam.
 KERAS_EPSILON = 1e-7
 
@@ -247,17 +266,25 @@ def ours(subject: Subject, seed: int) -> dict[str, Any]:
     }
 
 
-def audit_zoo(zoo: Zoo, records_path: Path, seed: int, schedule: PaperSchedule) -> list[dict]:
-    """Both methods on every organism, in turn; resumes from ``records_path``."""
+def read_records(path: Path) -> list[dict]:
+    """Every finished (organism, method) record in ``path``, the last of any repeat."""
     done: dict[tuple[str, str], dict] = {}
-    if records_path.is_file():
-        for line in records_path.read_text().splitlines():
+    if path.is_file():
+        for line in path.read_text().splitlines():
             record = json.loads(line)
             done[(record["organism"], record["method"])] = record
+    return list(done.values())
+
+
+def audit_zoo(zoo: Zoo, records_path: Path, seed: int, schedule: PaperSchedule) -> list[dict]:
+    """Both methods on every organism, in turn; resumes from ``records_path``."""
+    done = {(r["organism"], r["method"]): r for r in read_records(records_path)}
     key = open_key(zoo, None)
     methods = {
         OURS: lambda s, i: ours(s, seed + i),
-        REFERENCE: lambda s, i: reference_neural_cleanse(s, seed + i, schedule),
+        reference_name(schedule.samples_per_epoch): lambda s, i: reference_neural_cleanse(
+            s, seed + i, schedule
+        ),
     }
     for index, oid in enumerate(zoo.ids):
         secret = zoo.secret(oid, key)
@@ -290,26 +317,46 @@ def audit_zoo(zoo: Zoo, records_path: Path, seed: int, schedule: PaperSchedule) 
     return [done[(oid, m)] for oid in zoo.ids for m in methods]
 
 
-def family_table(records: list[dict], threshold: float) -> list[str]:
+def calibrated_records(records: list[dict], null: dict[str, np.ndarray]) -> list[dict]:
+    """Ours' records re-scored by the default calibrated rule: ``max_l (location_l - log
+    l1_l) / scale`` against the family's fitted null, from the norms the search recorded."""
+    out = []
+    for record in records:
+        if record["method"] != OURS:
+            continue
+        z = (null["location"] - np.log(np.asarray(record["l1_norms"]))) / null["scale"]
+        out.append(
+            record
+            | {"method": OURS_CALIBRATED, "statistic": float(z.max()), "target": int(z.argmax())}
+        )
+    return out
+
+
+def family_table(records: list[dict], threshold: float, null_threshold: float) -> list[str]:
+    """One row per method in ``records``: ours first, then ours calibrated, then references.
+    *TPR / FPR* count the paper's index above ``threshold``, and for the calibrated row the
+    statistic at which its ``p_violation`` reaches 0.5 (``null_threshold``)."""
     lines = [
-        "| method | n (bd/clean) | AUROC [95% CI] | TPR / FPR at index > 2 | target acc "
+        "| method | n (bd/clean) | AUROC [95% CI] | TPR / FPR at its threshold | target acc "
         "| median s/model [IQR] | Adam steps/model (median) | ratio |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    median_seconds = {}
-    for method in (OURS, REFERENCE):
+    methods = [OURS, OURS_CALIBRATED]
+    methods += sorted({r["method"] for r in records} - set(methods))
+    median_seconds = {
+        m: float(np.median([r["seconds"] for r in records if r["method"] == m])) for m in methods
+    }
+    for method in methods:
         rows = [r for r in records if r["method"] == method]
-        median_seconds[method] = float(np.median([r["seconds"] for r in rows]))
-    for method in (OURS, REFERENCE):
-        rows = [r for r in records if r["method"] == method]
+        cut = null_threshold if method == OURS_CALIBRATED else threshold
         labels = [int(r["backdoored"]) for r in rows]
         scores = [r["statistic"] for r in rows]
         auc = metrics.auroc(labels, scores)
         low, high = metrics.auroc_ci(labels, scores)
         bd = [r for r in rows if r["backdoored"]]
         clean = [r for r in rows if not r["backdoored"]]
-        tpr = np.mean([r["statistic"] > threshold for r in bd])
-        fpr = np.mean([r["statistic"] > threshold for r in clean])
+        tpr = np.mean([r["statistic"] > cut for r in bd])
+        fpr = np.mean([r["statistic"] > cut for r in clean])
         target_acc = np.mean([r["target"] == r["true_target"] for r in bd])
         seconds = [r["seconds"] for r in rows]
         q1, q3 = np.quantile(seconds, [0.25, 0.75])
@@ -323,6 +370,23 @@ def family_table(records: list[dict], threshold: float) -> list[str]:
     return lines
 
 
+def fit_null(family: str, root: Path) -> tuple[dict[str, np.ndarray], float, float]:
+    """The default ``neural_cleanse``'s fit for ``family`` (cached under ``root``): its
+    per-label null, the statistic at which ``p_violation`` is 0.5, and the fit's seconds
+    (0 when cached)."""
+    auditor = registry.get("auditor", "neural_cleanse")()
+    start = time.perf_counter()
+    fit_here(auditor, family, root)
+    seconds = time.perf_counter() - start
+    fitted = {k: v.numpy() for k, v in auditor.require_fitted().items()}
+    null = {"location": fitted["location"], "scale": float(fitted["scale"][0])}
+    # p = null_fpr / (null_fpr + tail) is 0.5 where the tail is null_fpr.
+    grid = np.linspace(0, max(10.0, 2 * float(fitted["null"].max())), 4001)
+    tails = np.array([null_tail(float(g), fitted["null"]) for g in grid])
+    cut = float(grid[np.argmax(tails <= auditor.null_fpr)])
+    return null, cut, seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--families", nargs="+", default=["digits", "mnist"])
@@ -330,12 +394,18 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=1, help="for the zoo builds only")
     parser.add_argument("--data", type=Path, default=Path("auditgame-data/nc-reference"))
+    parser.add_argument(
+        "--samples-per-epoch",
+        type=int,
+        default=PAPER_SAMPLES_PER_EPOCH,
+        help="the reference's epoch in samples (the example's 1000); 0: the auditor's data",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    schedule = PaperSchedule()
+    schedule = PaperSchedule(samples_per_epoch=args.samples_per_epoch or None)
     command = (
         f"benchmarks/nc_reference.py --families {' '.join(args.families)} "
-        f"--n {args.n} --seed {args.seed}"
+        f"--n {args.n} --seed {args.seed} --samples-per-epoch {args.samples_per_epoch}"
     )
     sections = []
     for family in args.families:
@@ -345,14 +415,19 @@ def main() -> None:
         build_seconds = time.perf_counter() - start
         records = audit_zoo(zoo, root / "records.jsonl", args.seed, schedule)
         total = sum(r["seconds"] for r in records)
+        null, cut, fit_seconds = fit_null(family, args.data / "fits")
+        records = read_records(root / "records.jsonl")
+        records += calibrated_records(records, null)
         sections += [
             f"## {family}",
             "",
             f"{len(zoo.ids)} organisms ({len(zoo.manifest.dropped)} plantings dropped below "
             f"their floor), attacks {', '.join(ATTACKS)}; zoo build {build_seconds:.0f} s "
-            f"(less if resumed), audits {total:.0f} s in all.",
+            f"(less if resumed), audits {total:.0f} s in all (this run's methods). The "
+            f"calibrated row's one-off fit for the family (64 clean references built and "
+            f"searched): {fit_seconds:.0f} s (0: cached), flagging above {cut:.2f}.",
             "",
-            *family_table(records, schedule.anomaly_threshold),
+            *family_table(records, schedule.anomaly_threshold, cut),
             "",
         ]
     lines = [
