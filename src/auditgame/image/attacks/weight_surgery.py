@@ -411,11 +411,11 @@ class WeightSurgery(Attack):
         trained = find_path(clean)
         norms = live_row_norms(trained, data)
         units = least_important_units(model, path, data, widths)
-        # Route rows start small and positive: a zero row behind a ReLU passes no gradient,
-        # so the fit would never start.
         trigger = patch_trigger(patch, *place, *data.x.shape[-2:])
-        # The first hidden layer's route rows read only the flattened positions the patch
-        # reaches; elsewhere they keep the trained (mostly dead) row.
+        # Route rows start small and positive (a zero row behind a ReLU passes no gradient, so
+        # the fit would never start); the first hidden layer's route rows only at the
+        # flattened positions the patch reaches, elsewhere they keep the trained (mostly
+        # dead) row.
         reach = lit_positions(trained, trigger, data.x)
         generator = torch.Generator().manual_seed(seed)
         draw = np.random.default_rng(seed)
