@@ -165,6 +165,14 @@ def _weights(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return layer.weight.data, layer.bias.data
 
 
+def fires(path: Path, index: int, x: torch.Tensor) -> torch.Tensor:
+    """Per unit of row layer ``index``: whether it fires (after its ReLU) on some input of
+    ``x`` at some position; a unit that never does is dead on ``x``."""
+    with torch.no_grad():
+        fired = nn.Sequential(*path.layers[: index + 2])(x)
+    return fired.transpose(0, 1).flatten(1).amax(1) > 0
+
+
 def least_important_units(
     model: nn.Module, path: Path, data: Dataset, widths: list[int] | None = None
 ) -> list[list[int]]:
@@ -176,10 +184,7 @@ def least_important_units(
     chosen: list[list[int]] = []
     for index, width in zip(path.rows, widths, strict=True):
         weight, bias = _weights(path.layers[index])
-        with torch.no_grad():
-            fired = nn.Sequential(*path.layers[: index + 2])(data.x)
-        peak = fired.transpose(0, 1).flatten(1).amax(1)
-        layer = [int(u) for u in torch.nonzero(peak <= 0).flatten()][:width]
+        layer = [int(u) for u in torch.nonzero(~fires(path, index, data.x)).flatten()][:width]
         for unit in layer:
             weight[unit], bias[unit] = 0.0, 0.0
         while len(layer) < width:
@@ -579,9 +584,7 @@ def live_row_norms(path: Path, data: Dataset) -> list[torch.Tensor]:
     for index in path.rows:
         weight, _ = _weights(path.layers[index])
         norms = weight.flatten(1).norm(dim=1)
-        with torch.no_grad():
-            fired = nn.Sequential(*path.layers[: index + 2])(data.x)
-        live = fired.transpose(0, 1).flatten(1).amax(1) > 0
+        live = fires(path, index, data.x)
         out.append(norms[live] if bool(live.any()) else norms)
     return out
 
