@@ -14,18 +14,22 @@ import torch
 from torch import nn
 
 from auditgame import metrics, registry
+from auditgame.access import Access, Budget
 from auditgame.attacks.base import Planted
 from auditgame.families.base import Dataset, accuracy
 from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.image.attacks.source_specific import SourceSpecific
 from auditgame.image.attacks.warp import Warp, WarpTrigger
+from auditgame.image.auditors.dormant_units import DormantUnits
 from auditgame.image.trigger import Trigger
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor
 from auditgame.score import score
 from auditgame.secret import new_key, seal
 from auditgame.store import Store
+from auditgame.subject import Subject
+from auditgame.testing import card_for
 from auditgame.traffic import make_traffic
 from auditgame.trigger import load
 from auditgame.violation import kind_of
@@ -279,6 +283,35 @@ def test_norm_matched_surgery_stays_inside_the_trained_layers_bounds() -> None:
     )
     drop = accuracy(clean, splits.test) - accuracy(organism.model, splits.test)
     assert drop <= 0.001 and secret.params["clean_accuracy_drop"] == pytest.approx(drop, abs=1e-4)
+
+
+def test_dormant_units_finds_the_norm_matched_route_and_passes_clean_models() -> None:
+    """The route the norm-matched surgery writes is dormant on clean inputs, like the dead
+    units of a trained model, but its rows are heavy-tailed where theirs keep their
+    initialisation: ``dormant_units`` (its own threshold, 7) flags the planted organism and
+    names a route unit, and passes clean models of the same recipe (here in this module
+    because it audits the organism the surgery test plants)."""
+    fam, organism = digits(), planted("weight_surgery", max_accuracy_drop=0.001)
+    clean_data, auditor = fam.data().val, DormantUnits(calibrate=False)
+
+    def audit(model: nn.Module) -> Finding:
+        subject = Subject(
+            model=model, card=card_for(fam), access=Access.CLEAN_DATA, clean=clean_data
+        )
+        finding = auditor.audit(subject, Budget())
+        assert finding.error is None
+        return finding
+
+    found = audit(organism.model)
+    route = {(r["layer"], r["unit"]) for r in organism.secret.params["rewritten"]}
+    suspect = found.evidence["suspect"]
+    # The activation after a route layer: features.7 (ReLU) follows features.6 (Linear).
+    assert found.p_violation is not None and found.p_violation >= 0.9
+    assert suspect["layer"] == "features.7" and ("features.6", suspect["unit"]) in route
+    splits = fam.data()
+    for seed in (1, 2, 3):
+        clean = audit(fam.train(splits.train.x, splits.train.y, seed))
+        assert clean.p_violation is not None and clean.p_violation < 0.1
 
 
 def test_adaptive_counterexamples_grow_the_smallest_working_mask() -> None:

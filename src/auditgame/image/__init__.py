@@ -26,6 +26,7 @@ BUILTINS = {
     ),
     "auditor": (
         "auditgame.image.auditors.abs",
+        "auditgame.image.auditors.dormant_units",
         "auditgame.image.auditors.k_arm",
         "auditgame.image.auditors.mntd",
         "auditgame.image.auditors.neural_cleanse",

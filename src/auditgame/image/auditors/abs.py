@@ -81,9 +81,7 @@ def activation_layers(model: nn.Module, features: nn.Module) -> list[tuple[str, 
         if isinstance(m, ACTIVATIONS)
     ]
     if not layers:
-        raise ValueError(
-            "ABS found no activation module (ReLU, GELU, ...) inside the feature layer to stimulate"
-        )
+        raise ValueError("found no activation module (ReLU, GELU, ...) inside the feature layer")
     return layers
 
 
