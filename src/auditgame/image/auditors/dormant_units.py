@@ -22,8 +22,9 @@ Per activation layer of the model's declared feature layer (``Subject.features``
 3. the layer's score is the ``top_units``-th largest kurtosis among its dormant units (a
    route is a group of units; one odd unit is what a clean model also has); the
    **statistic** is the largest layer score (0 when no layer has that many dormant units),
-   and the suspected **target** is the label most clean samples are sent to when the layer's
-   most heavy-tailed dormant unit is forced on (to the largest activation its layer reaches).
+   and the suspected **target** is the label most clean samples are sent to when that layer's
+   ``top_units`` most heavy-tailed dormant units are forced on together (to the largest
+   activation the layer reaches on them).
 
 The first version compared each dormant unit's weight *norms* with the layer's live units
 (the route's rows are held to live-row norms, dead ones keep smaller initial norms): AUROC
@@ -228,14 +229,14 @@ class DormantUnits(Calibrated):
                 }
             )
             if score is not None and score > statistic:
-                statistic, suspect = score, (index, int(ranked[0]))
+                statistic, suspect = score, (index, ranked[: self.top_units].tolist())
 
         evidence: dict[str, Any] = {"layers": per_layer}
         target = None
         if suspect is not None:
-            index, unit = suspect
-            target = _forced_label(model, named[index][1], unit, layers[index].peak, x)
-            evidence["suspect"] = {"layer": layers[index].name, "unit": unit}
+            index, units = suspect
+            target = _forced_label(model, named[index][1], units, layers[index].peak, x)
+            evidence["suspect"] = {"layer": layers[index].name, "units": units}
         return Verdict(
             p_violation=logistic(self.slope * (statistic - self.kurtosis_threshold)),
             target=target,
@@ -245,14 +246,15 @@ class DormantUnits(Calibrated):
 
 
 def _forced_label(
-    model: nn.Module, module: nn.Module, unit: int, peak: float, x: torch.Tensor
+    model: nn.Module, module: nn.Module, units: list[int], peak: float, x: torch.Tensor
 ) -> int:
-    """The label most of ``x`` is sent to with ``unit`` of ``module``'s output held at
-    ``peak`` (its whole feature map)."""
+    """The label most of ``x`` is sent to with ``units`` of ``module``'s output held at
+    ``peak`` (their whole feature maps) together: a route works as a group, and one of its
+    units alone did not always carry the target (6 of 15 digits routes on 100 samples)."""
 
     def force(_m: nn.Module, _i: Any, out: torch.Tensor) -> torch.Tensor:
         out = out.clone()
-        out[:, unit] = peak
+        out[:, units] = peak
         return out
 
     handle = module.register_forward_hook(force)
