@@ -127,6 +127,8 @@ ATTACK_PARAMS: dict[str, dict[str, Any]] = {
     # The handcrafted route: the norm-matched default fits its route for 300 Adam steps
     # (tests/test_image_attacks.py plants it).
     "weight_surgery": {"n_attacker": 128, "norm_matched": False},
+    # Its kurtosis hinge acts on the norm-matched fit, planted in tests/test_image_attacks.py.
+    "weight_surgery_adaptive": {"n_attacker": 128, "norm_matched": False},
     "adaptive": {"rounds": 1, "search_steps": 50, "n_attacker": 128},
 }
 # Methods of the image template that, overridden, make an attack plant by code of its own.

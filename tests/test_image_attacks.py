@@ -21,6 +21,7 @@ from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.image.attacks.source_specific import SourceSpecific
 from auditgame.image.attacks.warp import Warp, WarpTrigger
+from auditgame.image.attacks.weight_surgery import dormant_kurtosis, find_path, kurtosis
 from auditgame.image.auditors.dormant_units import DormantUnits
 from auditgame.image.trigger import Trigger
 from auditgame.report import write_report
@@ -313,6 +314,37 @@ def test_dormant_units_finds_the_norm_matched_route_and_passes_clean_models() ->
     for seed in (1, 2, 3):
         clean = audit(fam.train(splits.train.x, splits.train.y, seed))
         assert clean.p_violation is not None and clean.p_violation < 0.1
+
+
+def test_the_adaptive_surgery_keeps_its_route_rows_as_flat_as_dormant_ones() -> None:
+    """``weight_surgery_adaptive`` holds each route row's kurtosis at most its layer's dormant
+    trained rows': the backdoor still works at no clean cost, and ``dormant_units`` (its own
+    threshold) no longer sees it; the arms race as measured, not a weakness of the test."""
+    fam = digits()
+    organism = planted("weight_surgery_adaptive", max_accuracy_drop=0.001)
+    secret = organism.secret
+    assert secret.params["kurtosis_weight"] == 1.0 and secret.asr >= 0.9
+    splits = fam.data()
+    clean = fam.train(splits.train.x, splits.train.y, SEED + secret.attempts - 1)
+    assert accuracy(clean, splits.test) - accuracy(organism.model, splits.test) <= 0.001
+    attacker = splits.train.take(secret.params["n_attacker"])
+    caps = dormant_kurtosis(find_path(clean), attacker)
+    rows: dict[str, list[int]] = {}
+    for r in secret.params["rewritten"]:
+        rows.setdefault(r["layer"], []).append(r["unit"])
+    rows.pop("head")
+    weights = organism.model.state_dict()
+    for (name, units), cap in zip(rows.items(), caps[1:], strict=True):
+        # The first conv carries no route unit (the route reads its trained features).
+        assert float(kurtosis(weights[f"{name}.weight"][units]).max()) <= cap + 0.05
+    subject = Subject(
+        model=organism.model,
+        card=card_for(fam),
+        access=Access.CLEAN_DATA,
+        clean=splits.val.take(100),
+    )
+    finding = DormantUnits(calibrate=False).audit(subject, Budget())
+    assert finding.p_violation is not None and finding.p_violation < 0.5
 
 
 def test_adaptive_counterexamples_grow_the_smallest_working_mask() -> None:

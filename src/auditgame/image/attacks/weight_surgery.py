@@ -59,6 +59,13 @@ change measured on digits was the ablation of the route units themselves (0-2 of
 attempts that cost more than ``max_accuracy_drop`` are retried. On mnist the hidden route
 still fires on a few percent of clean inputs (drops about 0.2 point; docs/image_attacks.md).
 
+A route held silent on clean inputs is *dormant*, as a trained model's dead units are, and a
+dead unit keeps its initial iid row while the route's rows read the patch's few inputs with
+large weights: ``dormant_units`` reads that (the kurtosis of dormant units' rows) and caught
+every norm-matched organism. ``kurtosis_weight`` is the adaptive answer
+(``weight_surgery_adaptive`` sets it to 1): a hinge holding each route row's kurtosis at most
+the largest kurtosis of its layer's trained rows that do not fire on the attacker's data.
+
 The architecture and card are unchanged. The secret records the trigger, the target,
 ``params["rewritten"]`` (the layer name and unit of each rewritten row; handcrafted, ending
 with the head's target row, and the layer after each also changed that unit's input column,
@@ -74,7 +81,7 @@ import copy
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -272,9 +279,15 @@ class WeightSurgery(Attack):
         loud_weight: weight of the push on each route unit's largest pre-activation on
             stamped inputs, up to ``loud_cap``.
         loud_cap: where that push stops.
+        kurtosis_weight: weight of the hinge holding each norm-matched route row's kurtosis at
+            most the largest of its layer's trained rows that do not fire on the attacker's
+            data (0: no hinge; the adaptive answer to ``dormant_units``). None: the class's
+            ``default_kurtosis_weight`` (0 here, 1 in ``weight_surgery_adaptive``).
         max_accuracy_drop: a norm-matched attempt that costs more clean test accuracy than
             this (a fraction) is retried.
     """
+
+    default_kurtosis_weight: ClassVar[float] = 0.0
 
     def __init__(
         self,
@@ -293,6 +306,7 @@ class WeightSurgery(Attack):
         silent_margin: float = 1.0,
         loud_weight: float = 1.0,
         loud_cap: float = 5.0,
+        kurtosis_weight: float | None = None,
         max_accuracy_drop: float = 0.005,
         min_asr: float = 0.9,
         max_attempts: int = 4,
@@ -318,6 +332,11 @@ class WeightSurgery(Attack):
         self.silent_margin = silent_margin
         self.loud_weight = loud_weight
         self.loud_cap = loud_cap
+        if kurtosis_weight is None:
+            kurtosis_weight = self.default_kurtosis_weight
+        if kurtosis_weight < 0:
+            raise ValueError(f"kurtosis_weight must be at least 0, got {kurtosis_weight}")
+        self.kurtosis_weight = kurtosis_weight
         self.max_accuracy_drop = max_accuracy_drop
 
     def _patch(self, rng: np.random.Generator, channels: int) -> np.ndarray:
@@ -440,6 +459,7 @@ class WeightSurgery(Attack):
             row_norms.append([float(live[int(draw.integers(len(live)))]) for _ in layer_units])
             columns.append(read)
         route = Route(trained, path, units, row_norms, columns)
+        caps = dormant_kurtosis(trained, data)
         stamped, aim = trigger.apply(data.x), torch.full_like(data.y, target)
         optimiser = torch.optim.Adam(route.parameters(), lr=self.lr)
         route.project()
@@ -452,6 +472,8 @@ class WeightSurgery(Attack):
             peaks = sum(_peak(a).clamp(max=self.loud_cap).mean() for a in loud)
             loss = loss + self.clean_weight * clean_loss + self.silent_weight * silence
             loss = loss - self.loud_weight * peaks
+            if self.kurtosis_weight:
+                loss = loss + self.kurtosis_weight * route.kurtosis_excess(caps)
             optimiser.zero_grad()
             loss.backward()
             route.mask_gradients()
@@ -577,6 +599,24 @@ def lit_positions(path: Path, trigger: Trigger, x: torch.Tensor) -> torch.Tensor
     return positions
 
 
+def kurtosis(rows: torch.Tensor) -> torch.Tensor:
+    """``E[z^4]`` of each row of ``rows`` (flattened per output unit), differentiable."""
+    centred = rows.flatten(1) - rows.flatten(1).mean(dim=1, keepdim=True)
+    return centred.pow(4).mean(dim=1) / centred.pow(2).mean(dim=1).clamp_min(1e-12).pow(2)
+
+
+def dormant_kurtosis(path: Path, data: Dataset) -> list[float]:
+    """Per row layer of ``path``, the largest kurtosis of its rows whose unit fires on no
+    input of ``data`` (of all rows, if every unit fires): what a dormant row looks like."""
+    out = []
+    for index in path.rows:
+        weight, _ = _weights(path.layers[index])
+        dead = ~fires(path, index, data.x)
+        rows = weight[dead] if bool(dead.any()) else weight
+        out.append(float(kurtosis(rows).max()))
+    return out
+
+
 def live_row_norms(path: Path, data: Dataset) -> list[torch.Tensor]:
     """Per row layer of ``path``, the L2 norms of its rows whose unit fires on some input of
     ``data``: the trained rows a route row's norm is drawn from (all rows, if none fires)."""
@@ -672,6 +712,16 @@ class Route:
                     if norm > room:
                         weight[unit][free] *= room / norm
 
+    def kurtosis_excess(self, caps: list[float]) -> torch.Tensor:
+        """How far the route rows' kurtosis exceeds each layer's cap, summed (differentiable
+        in the rows)."""
+        excess = torch.zeros(())
+        for layer, units, cap in zip(self.layers[: len(self.units)], self.units, caps, strict=True):
+            if units:
+                assert isinstance(layer, nn.Conv2d | nn.Linear)
+                excess = excess + nn.functional.relu(kurtosis(layer.weight[units]) - cap).sum()
+        return excess
+
     @contextmanager
     def watch(self) -> Iterator[list[torch.Tensor]]:
         """The route units' pre-activations (each row layer's output at the route's units,
@@ -691,3 +741,12 @@ class Route:
         finally:
             for hook in hooks:
                 hook.remove()
+
+
+@attack("weight_surgery_adaptive")
+class WeightSurgeryAdaptive(WeightSurgery):
+    """The norm-matched surgery adapted to ``dormant_units``: ``kurtosis_weight`` defaults to
+    1, holding each route row's kurtosis at most its layer's dormant trained rows' (the module
+    docstring); every other hyperparameter is ``weight_surgery``'s."""
+
+    default_kurtosis_weight: ClassVar[float] = 1.0

@@ -12,4 +12,5 @@ DECOYS = (
     "source_specific",
 )
 """The attacks whose decoys the references' traffic carries (``CalibratedOnTraffic``): every
-built-in image attack, so a zoo of any of them is calibrated for."""
+built-in image attack, so a zoo of any of them is calibrated for (``weight_surgery_adaptive``
+draws its decoys as ``weight_surgery`` does)."""
