@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 # at the end. A stale or missing entry costs only balance, never a test.
 FILE_SECONDS = {
     "test_dynamic_baselines.py": 152,
-    "test_image_attacks.py": 119,
+    "test_image_attacks.py": 143,
     "test_mntd_ulp.py": 114,
     "test_conformance.py": 108,
     "test_arena_security.py": 102,
