@@ -265,22 +265,27 @@ def test_a_classifier_whose_encoder_is_not_called_features_runs_the_image_audito
 ) -> None:
     """Issue 18's case: a user's classifier with its own layer names, default flags, the
     spec naming its feature layer: Neural Cleanse (its rule without a fit, said in a note),
-    K-Arm and ABS (on the activations inside ``encoder``) all answer, none fails."""
+    K-Arm, ABS and dormant_units (on the activations inside ``encoder``) all answer, none
+    fails."""
     from own_models import EncoderNet
 
     torch.manual_seed(0)
     weights = tmp_path / "model.safetensors"
     save_file({k: v.contiguous() for k, v in EncoderNet().state_dict().items()}, str(weights))
     spec = write_spec(
-        tmp_path, feature_layer="encoder", auditors=["neural_cleanse", "k_arm", "abs"]
+        tmp_path,
+        feature_layer="encoder",
+        auditors=["neural_cleanse", "k_arm", "abs", "dormant_units"],
     )
     result = audit(weights, "--spec", spec, "--arch", "own_models:EncoderNet")
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     findings = {f["auditor"]: f for f in report["findings"]}
-    assert set(findings) == {"neural_cleanse", "k_arm", "abs"}
+    assert set(findings) == {"neural_cleanse", "k_arm", "abs", "dormant_units"}
     assert all(f["error"] is None and f["p_violation"] is not None for f in findings.values())
     assert findings["abs"]["evidence"]["layers"] == ["encoder.1", "encoder.5"]
+    dormant = findings["dormant_units"]["evidence"]["layers"]
+    assert [layer["layer"] for layer in dormant] == ["encoder.1", "encoder.5"]
     assert any("neural_cleanse: no fit_family" in note for note in report["notes"])
 
 
