@@ -35,8 +35,10 @@ above the live median, and the planted route's 1.48 sat inside that tail.
 It reconstructs no trigger, so it returns no witness, and it says nothing of backdoors that
 clean inputs also drive (data poisoning trains the route on clean data, which keeps it
 live): it is built for weight edits, and the leaderboard measures it against every attack.
-An attacker who knows it must route through live units (which costs clean accuracy) or
-spread the trigger's reading over many inputs (a larger trigger).
+An attacker who knows it can spread the route's reading evenly over the inputs the patch
+reaches: ``weight_surgery_adaptive`` holds its rows' kurtosis at the dormant rows' level at no
+measurable cost and drops this detector to AUROC 0.817 on digits (docs/image_attacks.md);
+the larger head entries it then needs are what ``weight_stats`` catches (0.997).
 """
 
 from __future__ import annotations
