@@ -79,12 +79,16 @@ def test_profile_reads_activity_and_the_computing_layers_rows() -> None:
 def test_initial_dormant_rows_pass_and_a_spiky_group_is_flagged_with_its_target() -> None:
     for seed in range(3):
         passed = audit(Hidden(spiky=0, seed=seed).eval())
-        # PyTorch's default initialisation is uniform: kurtosis 1.8.
-        assert passed.error is None and passed.evidence["statistic"] == pytest.approx(1.8, abs=0.4)
+        # PyTorch's default initialisation is uniform: kurtosis 1.8, and the live rows here
+        # are the initial ones made positive, so the norm ratio is about 1.
+        assert passed.error is None and passed.evidence["statistic"] == pytest.approx(1.8, abs=0.5)
         assert passed.p_violation is not None and passed.p_violation < 0.01
-        flagged = audit(Hidden(spiky=3, seed=seed).eval())
-        # A two-valued row, 4 of 64 entries at 5: (1 - 3p + 3p^2) / (p (1 - p)) at p = 1/16.
-        assert flagged.evidence["statistic"] == pytest.approx(211 / 15)
+        model = Hidden(spiky=3, seed=seed).eval()
+        flagged = audit(model)
+        # A two-valued row, 4 of 64 entries at 5: (1 - 3p + 3p^2) / (p (1 - p)) at p = 1/16,
+        # times its norm (10) over the live rows' median norm.
+        live = float(np.median(model.linear.weight[:LIVE].norm(dim=1).detach().numpy()))
+        assert flagged.evidence["statistic"] == pytest.approx(211 / 15 * 10 / live, rel=1e-5)
         assert flagged.p_violation is not None and flagged.p_violation > 0.99
         assert flagged.target == 3
         assert sorted(flagged.evidence["suspect"]["units"]) == list(range(LIVE, LIVE + 3))

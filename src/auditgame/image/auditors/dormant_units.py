@@ -12,33 +12,34 @@ heavy-tailed: the norm-matched ``weight_surgery`` leaves its hidden route rows' 
 (dead) entries in place and writes the patch's positions, kurtosis 7-30 where the clean
 models' dormant rows reach 2.5 (digits) to 6.7 (mnist) at the third largest.
 
+A dead row also keeps its initial *norm*, smaller than a trained one's, while a route must be
+as strong as a live unit to move the output. Neither measure alone was enough: the norm
+(each dormant row's over the live rows' median) separated the digits surgery but not mnist's,
+whose wide hidden layer (784 inputs) barely grows its rows in training (11 of 64 clean
+references had a dormant row above the live median); the kurtosis alone was evaded by a
+surgery that flattens its rows (``weight_surgery_adaptive``: AUROC 0.817 on digits, at no
+cost to the attack). Their product is what a route cannot lower without getting weaker.
+
 Per activation layer of the model's declared feature layer (``Subject.features``):
 
 1. each unit's **activity** is the fraction of the clean samples on which it fires (its
    pre-activation is positive somewhere in its feature map); units at or below
-   ``quiet_fraction`` are *dormant*;
-2. each unit's **kurtosis** is that of its incoming weights (its row of the convolution or
-   linear layer that computes it, standardised), ``E[z^4]``;
-3. the layer's score is the ``top_units``-th largest kurtosis among its dormant units (a
-   route is a group of units; one odd unit is what a clean model also has); the
-   **statistic** is the largest layer score (0 when no layer has that many dormant units),
-   and the suspected **target** is the label most clean samples are sent to when that layer's
-   ``top_units`` most heavy-tailed dormant units are forced on together (to the largest
-   activation the layer reaches on them).
-
-The first version compared each dormant unit's weight *norms* with the layer's live units
-(the route's rows are held to live-row norms, dead ones keep smaller initial norms): AUROC
-1.00 on a 37-organism digits surgery zoo (seed 21), but on mnist, whose wide hidden layer
-(784 inputs) barely grows its rows in training, 11 of 64 clean references had a dormant unit
-above the live median, and the planted route's 1.48 sat inside that tail.
+   ``quiet_fraction`` are *dormant*, the others live;
+2. each unit's **score** is the kurtosis ``E[z^4]`` of its incoming row (its row of the
+   convolution or linear layer that computes it, standardised) times that row's norm over
+   the median norm of the layer's live rows;
+3. the layer's score is the ``top_units``-th largest among its dormant units (a route is a
+   group of units; one odd unit is what a clean model also has); the **statistic** is the
+   largest layer score (0 when no layer has that many dormant units), and the suspected
+   **target** is the label most clean samples are sent to when that layer's ``top_units``
+   highest-scoring dormant units are forced on together (to the largest activation the
+   layer reaches on them).
 
 It reconstructs no trigger, so it returns no witness, and it says nothing of backdoors that
 clean inputs also drive (data poisoning trains the route on clean data, which keeps it
 live): it is built for weight edits, and the leaderboard measures it against every attack.
-An attacker who knows it can spread the route's reading evenly over the inputs the patch
-reaches: ``weight_surgery_adaptive`` holds its rows' kurtosis at the dormant rows' level at no
-measurable cost and drops this detector to AUROC 0.817 on digits (docs/image_attacks.md);
-the larger head entries it then needs are what ``weight_stats`` catches (0.997).
+The attacker's next answer would hold route rows to dead rows' norms as well; a route held so
+was too weak to reach the target in the surgery's earlier designs (docs/image_attacks.md).
 """
 
 from __future__ import annotations
@@ -63,12 +64,14 @@ WEIGHTED = (nn.Conv2d, nn.Linear)
 @dataclass(frozen=True)
 class Layer:
     """One activation layer as the clean samples saw it: its qualified ``name``, each unit's
-    ``activity`` and ``kurtosis`` (NaN where no layer computes the unit channel by channel),
-    and the largest activation ``peak`` the samples reached in it."""
+    ``activity``, the ``kurtosis`` and ``norm`` of its incoming row (NaN where no layer
+    computes the unit channel by channel), and the largest activation ``peak`` the samples
+    reached in it."""
 
     name: str
     activity: np.ndarray
     kurtosis: np.ndarray
+    norm: np.ndarray
     peak: float
 
 
@@ -86,7 +89,8 @@ def row_kurtosis(weight: torch.Tensor) -> np.ndarray:
 def profile_units(
     model: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.Tensor
 ) -> list[Layer]:
-    """Activity and incoming-weight kurtosis of every unit of ``layers`` on the samples ``x``.
+    """Activity, incoming-row kurtosis and norm of every unit of ``layers`` on the samples
+    ``x``.
 
     The layer that computes an activation is the last convolution or linear layer to run
     between it and the previous activation with as many outputs as it has channels.
@@ -123,13 +127,14 @@ def profile_units(
         )
         with torch.no_grad():
             peak = float(module(pre).max())
+        unknown = np.full(channels, np.nan)
+        rows = None if producer is None else _weight(producer).detach().flatten(1).double()
         result.append(
             Layer(
                 name=name,
                 activity=fires.float().mean(0).cpu().numpy().astype(np.float64),
-                kurtosis=np.full(channels, np.nan)
-                if producer is None
-                else row_kurtosis(_weight(producer)),
+                kurtosis=unknown if rows is None else row_kurtosis(rows),
+                norm=unknown if rows is None else rows.norm(dim=1).cpu().numpy(),
                 peak=peak,
             )
         )
@@ -153,19 +158,21 @@ def _outputs(module: nn.Module) -> int | None:
 
 @auditor("dormant_units")
 class DormantUnits(Calibrated):
-    """The largest per-layer ``top_units``-th kurtosis of the incoming weights of the units
-    clean inputs leave dormant (module docstring).
+    """The largest per-layer ``top_units``-th score (incoming row's kurtosis times its norm
+    over the live units' median) of the units clean inputs leave dormant (module docstring).
 
     Args:
         n_samples: clean samples that measure activity (the first ones of the clean data).
         quiet_fraction: a unit that fires on at most this fraction of them is dormant. The
             norm-matched surgery's mnist routes fire on up to 10% of the clean samples (at
             0.03 one route passed as live); the clean mnist references' statistic is the same
-            at 0.03 and 0.1 (largest 6.76 of 64).
-        top_units: which largest kurtosis of a layer's dormant units is its score.
-        kurtosis_threshold: the statistic at which ``p_violation`` is 0.5 without
-            ``calibrate``: between the clean references (64 per family: at most 2.7 on
-            digits, 6.8 on mnist) and the planted routes (6.6-19 on digits, 9.4-29 on mnist).
+            at 0.03 and 0.1.
+        top_units: which largest score of a layer's dormant units is the layer's.
+        score_threshold: the statistic at which ``p_violation`` is 0.5 without
+            ``calibrate``: above the clean references (64 per family: at most 1.54 on digits,
+            4.44 on mnist), below the plain surgery's routes (8.8 and more on digits, 9.8 on
+            mnist); the adaptive surgery's digits routes (2.1 and more) are caught only against
+            the references.
         slope: steepness of ``p_violation`` in the statistic without ``calibrate``.
 
     By default the statistic is judged against clean references (``Calibrated``'s parameters).
@@ -179,7 +186,7 @@ class DormantUnits(Calibrated):
         n_samples: int = 1000,
         quiet_fraction: float = 0.1,
         top_units: int = 3,
-        kurtosis_threshold: float = 7.0,
+        score_threshold: float = 5.0,
         slope: float = 2.0,
         calibrate: bool = True,
         n_reference: int = 64,
@@ -195,7 +202,7 @@ class DormantUnits(Calibrated):
         self.n_samples = n_samples
         self.quiet_fraction = quiet_fraction
         self.top_units = top_units
-        self.kurtosis_threshold = kurtosis_threshold
+        self.score_threshold = score_threshold
         self.slope = slope
         self.init_calibration(calibrate, n_reference, reference_seed, null_fpr)
 
@@ -212,21 +219,24 @@ class DormantUnits(Calibrated):
         statistic, suspect = 0.0, None
         per_layer = []
         for index, layer in enumerate(layers):
-            dormant = np.flatnonzero(
-                (layer.activity <= self.quiet_fraction) & np.isfinite(layer.kurtosis)
-            )
-            ranked = dormant[np.argsort(-layer.kurtosis[dormant], kind="stable")]
+            quiet = layer.activity <= self.quiet_fraction
+            live = ~quiet & np.isfinite(layer.norm)
+            # Without a live unit to compare with, the norm says nothing: the kurtosis alone.
+            scale = float(np.median(layer.norm[live])) if live.any() else np.nan
+            ratio = layer.norm / scale if np.isfinite(scale) and scale > 0 else 1.0
+            scores = layer.kurtosis * ratio
+            dormant = np.flatnonzero(quiet & np.isfinite(scores))
+            ranked = dormant[np.argsort(-scores[dormant], kind="stable")]
             score = (
-                float(layer.kurtosis[ranked[self.top_units - 1]])
-                if len(ranked) >= self.top_units
-                else None
+                float(scores[ranked[self.top_units - 1]]) if len(ranked) >= self.top_units else None
             )
             per_layer.append(
                 {
                     "layer": layer.name,
                     "units": len(layer.activity),
-                    "dormant": int((layer.activity <= self.quiet_fraction).sum()),
+                    "dormant": int(quiet.sum()),
                     "top_kurtosis": layer.kurtosis[ranked[: self.top_units]].round(3).tolist(),
+                    "top_scores": scores[ranked[: self.top_units]].round(3).tolist(),
                     "score": score,
                 }
             )
@@ -240,7 +250,7 @@ class DormantUnits(Calibrated):
             target = _forced_label(model, named[index][1], units, layers[index].peak, x)
             evidence["suspect"] = {"layer": layers[index].name, "units": units}
         return Verdict(
-            p_violation=logistic(self.slope * (statistic - self.kurtosis_threshold)),
+            p_violation=logistic(self.slope * (statistic - self.score_threshold)),
             target=target,
             evidence=evidence,
             statistic=statistic,
