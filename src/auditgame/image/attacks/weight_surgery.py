@@ -65,6 +65,8 @@ large weights: ``dormant_units`` reads that (the kurtosis of dormant units' rows
 every norm-matched organism. ``kurtosis_weight`` is the adaptive answer
 (``weight_surgery_adaptive`` sets it to 1): a hinge holding each route row's kurtosis at most
 the largest kurtosis of its layer's trained rows that do not fire on the attacker's data.
+It evaded the kurtosis alone; ``dormant_units`` now also weighs each row's norm, which the
+route keeps at live rows' (docs/image_attacks.md).
 
 The architecture and card are unchanged. The secret records the trigger, the target,
 ``params["rewritten"]`` (the layer name and unit of each rewritten row; handcrafted, ending
