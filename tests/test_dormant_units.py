@@ -15,17 +15,17 @@ from auditgame.access import Access, Budget
 from auditgame.families.base import Dataset
 from auditgame.finding import Finding
 from auditgame.image.auditors.abs import activation_layers
-from auditgame.image.auditors.dormant_units import DormantUnits, profile_units, row_kurtosis
+from auditgame.image.auditors.dormant_units import DormantUnits, kurtosis, profile_units
 from auditgame.subject import Subject
 from auditgame.testing import card_for
 
 LIVE, HIDDEN = 8, 32
 
 
-def test_row_kurtosis_is_the_standardised_fourth_moment() -> None:
+def test_kurtosis_is_the_standardised_fourth_moment() -> None:
     rows = torch.tensor([[1.0, -1.0, 1.0, -1.0], [0.0, 0.0, 0.0, 2.0], [3.0, 3.0, 3.0, 3.0]])
     # Row 2: mean 0.5, centred (-.5, -.5, -.5, 1.5), variance 0.75, fourth moment 1.3125.
-    assert row_kurtosis(rows) == pytest.approx([1.0, 1.3125 / 0.75**2, 0.0])
+    assert kurtosis(rows).tolist() == pytest.approx([1.0, 1.3125 / 0.75**2, 0.0])
 
 
 class Hidden(nn.Module):
@@ -72,7 +72,7 @@ def test_profile_reads_activity_and_the_computing_layers_rows() -> None:
     (layer,) = profile_units(model, activation_layers(model, model.features), clean().x)
     assert layer.name == "features.2"
     assert np.array_equal(layer.activity, [1.0] * LIVE + [0.0] * (HIDDEN - LIVE))
-    assert layer.kurtosis == pytest.approx(row_kurtosis(model.linear.weight))
+    assert layer.kurtosis == pytest.approx(kurtosis(model.linear.weight.double()).detach().numpy())
     assert layer.peak == pytest.approx(float(model.features(clean().x).max().detach()))
 
 

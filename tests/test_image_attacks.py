@@ -21,8 +21,8 @@ from auditgame.finding import Cost, Finding
 from auditgame.game import AuditorSpec, Game, play
 from auditgame.image.attacks.source_specific import SourceSpecific
 from auditgame.image.attacks.warp import Warp, WarpTrigger
-from auditgame.image.attacks.weight_surgery import dormant_kurtosis, find_path, kurtosis
-from auditgame.image.auditors.dormant_units import DormantUnits
+from auditgame.image.attacks.weight_surgery import dormant_kurtosis, find_path
+from auditgame.image.auditors.dormant_units import DormantUnits, kurtosis
 from auditgame.image.trigger import Trigger
 from auditgame.report import write_report
 from auditgame.run.local import LocalExecutor

@@ -98,6 +98,7 @@ from auditgame.attacks.base import (
     plant_attempts,
 )
 from auditgame.families.base import Dataset, Family, accuracy
+from auditgame.image.auditors.dormant_units import kurtosis
 from auditgame.image.trigger import Trigger
 from auditgame.registry import attack
 
@@ -461,7 +462,7 @@ class WeightSurgery(Attack):
             row_norms.append([float(live[int(draw.integers(len(live)))]) for _ in layer_units])
             columns.append(read)
         route = Route(trained, path, units, row_norms, columns)
-        caps = dormant_kurtosis(trained, data)
+        caps = dormant_kurtosis(trained, data) if self.kurtosis_weight else []
         stamped, aim = trigger.apply(data.x), torch.full_like(data.y, target)
         optimiser = torch.optim.Adam(route.parameters(), lr=self.lr)
         route.project()
@@ -599,12 +600,6 @@ def lit_positions(path: Path, trigger: Trigger, x: torch.Tensor) -> torch.Tensor
     if not bool(positions.any()) or positions.numel() != width:
         raise ValueError("the trigger does not reach the flattened features")
     return positions
-
-
-def kurtosis(rows: torch.Tensor) -> torch.Tensor:
-    """``E[z^4]`` of each row of ``rows`` (flattened per output unit), differentiable."""
-    centred = rows.flatten(1) - rows.flatten(1).mean(dim=1, keepdim=True)
-    return centred.pow(4).mean(dim=1) / centred.pow(2).mean(dim=1).clamp_min(1e-12).pow(2)
 
 
 def dormant_kurtosis(path: Path, data: Dataset) -> list[float]:

@@ -75,15 +75,15 @@ class Layer:
     peak: float
 
 
-def row_kurtosis(weight: torch.Tensor) -> np.ndarray:
-    """``E[z^4]`` of each row of ``weight`` (one row per output unit), standardised within the
-    row; 0 for a constant row (nothing heavy-tailed about it)."""
-    rows = weight.detach().flatten(1).double()
-    centred = rows - rows.mean(dim=1, keepdim=True)
+def kurtosis(rows: torch.Tensor) -> torch.Tensor:
+    """``E[z^4]`` of each row of ``rows`` (flattened per output unit), standardised within the
+    row; 0 for a constant row (nothing heavy-tailed about it). Differentiable, so the surgery
+    built against this detector (``weight_surgery_adaptive``) fits against the same number."""
+    centred = rows.flatten(1) - rows.flatten(1).mean(dim=1, keepdim=True)
     variance = centred.pow(2).mean(dim=1)
     fourth = centred.pow(4).mean(dim=1)
-    kurtosis = torch.where(variance > 0, fourth / variance.clamp_min(1e-300).pow(2), 0.0)
-    return kurtosis.cpu().numpy()
+    tiny = torch.finfo(variance.dtype).tiny
+    return torch.where(variance > 0, fourth / variance.clamp_min(tiny).pow(2), 0.0)
 
 
 def profile_units(
@@ -133,7 +133,7 @@ def profile_units(
             Layer(
                 name=name,
                 activity=fires.float().mean(0).cpu().numpy().astype(np.float64),
-                kurtosis=unknown if rows is None else row_kurtosis(rows),
+                kurtosis=unknown if rows is None else kurtosis(rows).cpu().numpy(),
                 norm=unknown if rows is None else rows.norm(dim=1).cpu().numpy(),
                 peak=peak,
             )
