@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -296,6 +298,22 @@ def test_a_reply_that_is_not_plain_json_data_is_refused(line: bytes, problem: st
 def test_a_plain_reply_is_read() -> None:
     line = b'{"ok": true, "info": {"a": [1, 2.5, null]}}'
     assert sealed.checked_reply(sealed.decode_reply(line))["info"] == {"a": [1, 2.5, None]}
+
+
+def test_a_killed_referees_staging_folders_are_removed_by_the_next(tmp_path: Path) -> None:
+    """A referee killed mid-audit leaves its staged organism in the temp folder; the next one
+    removes the folders of dead referees and leaves a live one's, and anything not ours."""
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    dead = [tmp_path / f"auditgame-{kind}-{gone.pid}-x1" for kind in ("in", "scratch")]
+    live = tmp_path / f"auditgame-in-{os.getpid()}-x2"
+    others = [tmp_path / "auditgame-in-abc-x3", tmp_path / f"auditgame-out-{gone.pid}-x4"]
+    for folder in [*dead, live, *others]:
+        (folder / "1").mkdir(parents=True)
+        (folder / "1" / "weights.safetensors").write_bytes(b"x")
+    assert sorted(sealed.sweep_orphan_folders(tmp_path)) == sorted(dead)
+    assert [f.exists() for f in dead] == [False, False]
+    assert live.exists() and all(f.exists() for f in others)
 
 
 def test_a_reply_answers_only_its_own_task(tiny_zoo, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -104,8 +104,9 @@ class ChildProcess:
         fit: Path | None = None,
         module: str = "auditgame.run.child",
     ) -> None:
-        self.inputs = Path(tempfile.mkdtemp(prefix="auditgame-in-"))
-        self.scratch = Path(tempfile.mkdtemp(prefix="auditgame-scratch-"))
+        _sweep_once()
+        self.inputs = Path(tempfile.mkdtemp(prefix=f"auditgame-in-{os.getpid()}-"))
+        self.scratch = Path(tempfile.mkdtemp(prefix=f"auditgame-scratch-{os.getpid()}-"))
         if fit is not None:
             shutil.copyfile(fit, self.inputs / "fit.safetensors")
             hello = {**hello, "fit": "fit.safetensors"}
@@ -160,6 +161,45 @@ class ChildProcess:
         self._proc.wait()
         for folder in (self.inputs, self.scratch):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+_swept = False
+
+
+def _sweep_once() -> None:
+    global _swept
+    if not _swept:
+        _swept = True
+        sweep_orphan_folders(Path(tempfile.gettempdir()))
+
+
+def sweep_orphan_folders(root: Path) -> list[Path]:
+    """Remove the staging and scratch folders under ``root`` whose referee process is gone.
+
+    ``close`` removes a child's folders, and ``atexit`` closes the kept children, but a referee
+    that is killed (an interrupted game, a cancelled worker) runs neither and leaves a copy of
+    the organisms it was auditing in the temp folder. Each folder's name carries its referee's
+    pid, so the next referee on the machine removes them; a folder of a live process, or of a
+    pid it cannot see, stays. Returns the folders removed."""
+    removed = []
+    for folder in root.glob("auditgame-*-*-*"):
+        kind, _, rest = folder.name.removeprefix("auditgame-").partition("-")
+        pid = rest.partition("-")[0]
+        if kind not in ("in", "scratch") or not pid.isdigit() or _alive(int(pid)):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, under another user
+    return True
 
 
 def decode_reply(line: bytes) -> dict[str, Any]:
