@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from pydantic import ValidationError
 
 from auditgame import registry
@@ -21,12 +22,14 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, Verdict
 from auditgame.errors import AccessError
 from auditgame.finding import Cost, Finding
-from auditgame.game import AuditorSpec, Game, play
+from auditgame.fitting import FittedAuditor
+from auditgame.game import AuditorSpec, Game, fit_auditors, play
 from auditgame.leaderboard import leaderboard
 from auditgame.registry import auditor
 from auditgame.report import write_report
 from auditgame.run.base import OnOutcome
 from auditgame.run.local import LocalExecutor
+from auditgame.run.sealed import AuditorInfo, ChildError
 from auditgame.run.task import Task, make_subject
 from auditgame.store import Store
 from auditgame.subject import Subject
@@ -186,6 +189,57 @@ def test_a_clean_organism_a_witness_proves_is_a_natural_violation(tiny_zoo, tmp_
     with Store(path) as store:
         assert all(s.witness_violates is None for s in store.scores(game.id))
         assert not any(s.natural_violation for s in store.scores(game.id))
+
+
+@auditor("slow_fit_test")
+class SlowFit(FittedAuditor):
+    """Takes two seconds to fit and writes when it started and ended into its work folder;
+    with ``fail`` it raises instead."""
+
+    access = Access.WEIGHTS
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+
+    def fit(self, family: str, workdir: Path) -> dict[str, torch.Tensor]:
+        start = time.time()
+        time.sleep(2)
+        if self.fail:
+            raise RuntimeError("this fit fails on purpose")
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "span.json").write_text(json.dumps([start, time.time()]))
+        return {"level": torch.tensor([0.25])}
+
+    def run(self, subject: Subject, budget: Budget, rng: np.random.Generator) -> Verdict:
+        return Verdict(p_violation=float(self.require_fitted()["level"]))
+
+
+@auditor("slow_fit_test_2")
+class SlowFitToo(SlowFit):
+    pass
+
+
+def _fitted_info(cls: type[SlowFit], **params: object) -> AuditorInfo:
+    return AuditorInfo(cls.name, cls.__module__, params, Access.WEIGHTS, False, True, True)
+
+
+def test_a_games_fits_are_made_side_by_side_and_a_failed_one_loses_no_other(
+    tmp_path: Path,
+) -> None:
+    """``play``'s fitting stage (``fit_auditors``): two fits overlap in time; when one fails,
+    the other is recorded before the error is raised, so a rerun fits only the failed one."""
+    both = [_fitted_info(SlowFit), _fitted_info(SlowFitToo)]
+    fits = fit_auditors(both, "digits", tmp_path, hidden=(), workers=2)
+    assert sorted(fits) == [SlowFit.name, SlowFitToo.name]
+    work = tmp_path / "digits" / "work"
+    (a0, a1), (b0, b1) = (json.loads((work / n / "span.json").read_text()) for n in fits)
+    assert a0 < b1 and b0 < a1, "the two fits ran one after the other"
+
+    other = tmp_path / "other"
+    one_fails = [_fitted_info(SlowFit, fail=True), _fitted_info(SlowFitToo)]
+    with pytest.raises(ChildError, match="on purpose"):
+        fit_auditors(one_fails, "digits", other, hidden=(), workers=2)
+    assert [r.name.split("-")[0] for r in (other / "digits").glob("*.json")] == [SlowFitToo.name]
 
 
 def test_game_id_follows_what_is_played(tiny_zoo) -> None:

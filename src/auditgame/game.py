@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -24,8 +26,9 @@ from auditgame.access import Budget
 from auditgame.fitting import reference_zoo, references_needed
 from auditgame.provenance import code_fingerprint
 from auditgame.run.base import Executor
-from auditgame.run.sealed import AuditorInfo, Fit, auditor_info, sealed_fit
+from auditgame.run.sealed import AuditorInfo, Fit, auditor_info, fit_record, sealed_fit
 from auditgame.run.task import Outcome, Task
+from auditgame.run.workers import configure_worker, mp_context
 from auditgame.score import Score, score
 from auditgame.store import Store
 from auditgame.traffic import DECOY_ATTACKS, make_traffic, traffic_rng
@@ -105,6 +108,46 @@ def describe_auditors(
     }
 
 
+def fit_auditors(
+    infos: list[AuditorInfo],
+    family: str,
+    folder: Path,
+    hidden: tuple[Path, ...],
+    workers: int | None = None,
+) -> dict[str, Fit]:
+    """Each auditor's fit for ``family`` (``sealed_fit``), by name; the ones not yet recorded
+    are made side by side, one process each, up to ``workers`` (default: the machine's cores).
+
+    A fit is one sandboxed child on one thread, and the calibrated auditors' fits (searches
+    of 64 references each) took 3 to 10 minutes apiece: made one after the other they kept
+    one core of a game's machine busy and the others idle for most of an hour. A fit that
+    fails does not stop the others (they are recorded, so a rerun has only the failed one
+    left); its error is raised when they are done."""
+    recorded = [i for i in infos if fit_record(i, family, folder).is_file()]
+    fits = {i.name: sealed_fit(i, family, folder, hidden) for i in recorded}
+    missing = [i for i in infos if i.name not in fits]
+    workers = min(workers or os.cpu_count() or 1, len(missing))
+    if workers <= 1:
+        return fits | {i.name: sealed_fit(i, family, folder, hidden) for i in missing}
+    errors: list[BaseException] = []
+    with ProcessPoolExecutor(
+        max_workers=workers, mp_context=mp_context(), initializer=configure_worker
+    ) as pool:
+        pending = {pool.submit(sealed_fit, i, family, folder, hidden): i for i in missing}
+        try:
+            for future in as_completed(pending):
+                try:
+                    fits[pending[future].name] = future.result()
+                except Exception as exc:
+                    errors.append(exc)
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    if errors:
+        raise errors[0]
+    return fits
+
+
 def play(
     game: Game,
     key: bytes,
@@ -136,16 +179,20 @@ def play(
     game_id = game.id
     store.add_game(game_id, game.describe())
     done = store.finished(game_id)
-    fits: dict[str, Fit] = {}
-    for spec in game.auditors:
-        info = infos[spec.name]
-        if info.fitted and info.audits(threat) and any((o, spec.name) not in done for o in zoo.ids):
-            # Clean references are public and shared: built here once, read by the sandboxed
-            # fit from its view of the cache (a sandbox's own builds die with it).
-            needed = references_needed(info.params)
-            if needed is not None:
-                reference_zoo(zoo.family, *needed)
-            fits[spec.name] = sealed_fit(info, zoo.family, fits_folder, hidden)
+    to_fit = [
+        infos[spec.name]
+        for spec in game.auditors
+        if infos[spec.name].fitted
+        and infos[spec.name].audits(threat)
+        and any((o, spec.name) not in done for o in zoo.ids)
+    ]
+    for info in to_fit:
+        # Clean references are public and shared: built here once, read by the sandboxed
+        # fit from its view of the cache (a sandbox's own builds die with it).
+        needed = references_needed(info.params)
+        if needed is not None:
+            reference_zoo(zoo.family, *needed)
+    fits = fit_auditors(to_fit, zoo.family, fits_folder, hidden)
 
     secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
     # Clean organisms' traffic carries a trigger of one of the zoo's own attacks, so traffic

@@ -395,7 +395,7 @@ def sealed_fit(info: AuditorInfo, family: str, root: Path, hidden: tuple[Path, .
                 raise ChildError(f"{info.name}'s fit wrote no file")
             check_safetensors_header(made)
             tensors = load_file(str(made))
-            tmp = folder / f".{info.name}.tmp"
+            tmp = folder / f".{record.stem}.tmp"
             save_file(tensors, str(tmp), metadata={"auditor": info.name, "family": family})
             sha = sha256_file(tmp)
             os.replace(tmp, folder / f"{sha}.safetensors")
