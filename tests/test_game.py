@@ -29,7 +29,7 @@ from auditgame.registry import auditor
 from auditgame.report import write_report
 from auditgame.run.base import OnOutcome
 from auditgame.run.local import LocalExecutor
-from auditgame.run.sealed import AuditorInfo, ChildError
+from auditgame.run.sealed import AuditorInfo, ChildError, CodeChanged, sealed_fit
 from auditgame.run.task import Task, make_subject
 from auditgame.store import Store
 from auditgame.subject import Subject
@@ -240,6 +240,31 @@ def test_a_games_fits_are_made_side_by_side_and_a_failed_one_loses_no_other(
     with pytest.raises(ChildError, match="on purpose"):
         fit_auditors(one_fails, "digits", other, hidden=(), workers=2)
     assert [r.name.split("-")[0] for r in (other / "digits").glob("*.json")] == [SlowFitToo.name]
+
+
+def test_code_changed_under_a_game_stops_it(
+    tiny_zoo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A game's id carries the package's code fingerprint; a worker or an auditor's child that
+    loaded other code (the source edited while the game ran) stops the game before any row
+    of the other code is stored. Simulated by giving the game another fingerprint."""
+    game = Game(zoo=tiny_zoo.zoo.root, auditors=[AuditorSpec(name=AlwaysFails.name)])
+    monkeypatch.setattr("auditgame.game.code_fingerprint", lambda: "0" * 16)
+    with Store(tmp_path / "results.sqlite") as store:
+        with pytest.raises(CodeChanged, match="a worker loaded"):
+            play(game, tiny_zoo.key, store, LocalExecutor(1))
+        # The worker's own code matches the game's; the auditor's child, started afresh, not.
+        monkeypatch.setattr("auditgame.run.task.code_fingerprint", lambda: "0" * 16)
+        with pytest.raises(CodeChanged, match="always_fails's child loaded"):
+            play(game, tiny_zoo.key, store, LocalExecutor(1))
+        assert store.scores(game.id) == []
+    fitted = _fitted_info(SlowFit)
+    with pytest.raises(CodeChanged, match="a fitting process"):
+        sealed_fit(fitted, "digits", tmp_path / "fits", code="0" * 16)
+    monkeypatch.setattr("auditgame.run.sealed.code_fingerprint", lambda: "0" * 16)
+    with pytest.raises(CodeChanged, match="slow_fit_test's fit"):
+        sealed_fit(fitted, "digits", tmp_path / "fits", code="0" * 16)
+    assert not list((tmp_path / "fits" / "digits").glob("*.json"))
 
 
 def test_game_id_follows_what_is_played(tiny_zoo) -> None:

@@ -114,6 +114,7 @@ def fit_auditors(
     folder: Path,
     hidden: tuple[Path, ...],
     workers: int | None = None,
+    code: str | None = None,
 ) -> dict[str, Fit]:
     """Each auditor's fit for ``family`` (``sealed_fit``), by name; the ones not yet recorded
     are made side by side, one process each, up to ``workers`` (default: the machine's cores).
@@ -122,18 +123,18 @@ def fit_auditors(
     of 64 references each) took 3 to 10 minutes apiece: made one after the other they kept
     one core of a game's machine busy and the others idle for most of an hour. A fit that
     fails does not stop the others (they are recorded, so a rerun has only the failed one
-    left); its error is raised when they are done."""
+    left); its error is raised when they are done. ``code``: as ``sealed_fit``'s."""
     recorded = [i for i in infos if fit_record(i, family, folder).is_file()]
-    fits = {i.name: sealed_fit(i, family, folder, hidden) for i in recorded}
+    fits = {i.name: sealed_fit(i, family, folder, hidden, code) for i in recorded}
     missing = [i for i in infos if i.name not in fits]
     workers = min(workers or os.cpu_count() or 1, len(missing))
     if workers <= 1:
-        return fits | {i.name: sealed_fit(i, family, folder, hidden) for i in missing}
+        return fits | {i.name: sealed_fit(i, family, folder, hidden, code) for i in missing}
     errors: list[BaseException] = []
     with ProcessPoolExecutor(
         max_workers=workers, mp_context=mp_context(), initializer=configure_worker
     ) as pool:
-        pending = {pool.submit(sealed_fit, i, family, folder, hidden): i for i in missing}
+        pending = {pool.submit(sealed_fit, i, family, folder, hidden, code): i for i in missing}
         try:
             for future in as_completed(pending):
                 try:
@@ -192,7 +193,7 @@ def play(
         needed = references_needed(info.params)
         if needed is not None:
             reference_zoo(zoo.family, *needed)
-    fits = fit_auditors(to_fit, zoo.family, fits_folder, hidden)
+    fits = fit_auditors(to_fit, zoo.family, fits_folder, hidden, code=code_fingerprint())
 
     secrets = {oid: zoo.secret(oid, key) for oid in zoo.ids}
     # Clean organisms' traffic carries a trigger of one of the zoo's own attacks, so traffic
@@ -224,6 +225,7 @@ def play(
                     traffic=traffic,
                     fit=fits.get(spec.name),
                     hidden=hidden,
+                    code=code_fingerprint(),
                 )
             )
 

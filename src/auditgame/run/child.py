@@ -35,6 +35,7 @@ from auditgame.access import Access, Budget
 from auditgame.auditors.base import Auditor, FittedAuditor
 from auditgame.families.base import Dataset
 from auditgame.organism import Organism
+from auditgame.provenance import code_fingerprint
 from auditgame.subject import Subject
 
 FIT_FILE = "fit.safetensors"
@@ -120,6 +121,9 @@ class Child:
             "params": json.loads(json.dumps(auditor.get_params(), default=str)),
             "supports": bool(cls.supports(str(request["family"]))),
             "threats": None if cls.threats is None else list(cls.threats),
+            # The package's source as this process loaded it: a referee holding a game made
+            # with other code refuses the child (``sealed.CodeChanged``).
+            "code": code_fingerprint(),
         }
         return {"info": info}
 

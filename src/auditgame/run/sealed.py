@@ -42,6 +42,7 @@ from auditgame.families.base import Dataset
 from auditgame.finding import Cost, Finding
 from auditgame.fitting import fit_key
 from auditgame.organism import CARD, WEIGHTS, Organism, check_safetensors_header, sha256_file
+from auditgame.provenance import code_fingerprint
 from auditgame.run import sandbox
 
 # The largest reply a child may send (a finding with its evidence and trigger).
@@ -57,6 +58,22 @@ KEEP_CHILDREN = 2
 
 class ChildError(AuditgameError):
     """A child crashed, timed out, or sent a reply that is not valid data."""
+
+
+class CodeChanged(AuditgameError):
+    """The package's source changed while a game ran: a worker or an auditor's child loaded
+    other code than the game's id was made from. A game's rows all come from one version of
+    the code (``provenance``), so the game stops here; run it again to start a new game."""
+
+    def __init__(self, game_code: str, loaded: str, where: str) -> None:
+        self.game_code, self.loaded, self.where = game_code, loaded, where
+        super().__init__(
+            f"the package's code changed while the game ran: the game was made with code "
+            f"{game_code}, {where} loaded {loaded}; run it again to start a new game"
+        )
+
+    def __reduce__(self) -> tuple[type[CodeChanged], tuple[str, str, str]]:
+        return type(self), (self.game_code, self.loaded, self.where)
 
 
 @dataclass(frozen=True)
@@ -364,14 +381,24 @@ class Fit:
     sha256: str
 
 
-def sealed_fit(info: AuditorInfo, family: str, root: Path, hidden: tuple[Path, ...] = ()) -> Fit:
+def sealed_fit(
+    info: AuditorInfo,
+    family: str,
+    root: Path,
+    hidden: tuple[Path, ...] = (),
+    code: str | None = None,
+) -> Fit:
     """Fit ``info``'s auditor for ``family`` in a sandbox unless a recorded fit exists.
 
     The child sees its own work folder (``root/family/work/<auditor>``, for shadow zoos)
     and writes tensors to its scratch; the referee checks they are a safetensors file, stores
     them content-addressed (``root/family/<sha256>.safetensors``) and records the address in
     ``root/family/<auditor>-<fit id>.json``. A fit is made before any secret is unsealed.
+    With ``code`` (a game's code fingerprint), a process or child that loaded other code
+    raises ``CodeChanged``.
     """
+    if code is not None and code_fingerprint() != code:
+        raise CodeChanged(code, code_fingerprint(), "a fitting process")
     record = fit_record(info, family, root)
     folder = record.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -389,6 +416,8 @@ def sealed_fit(info: AuditorInfo, family: str, root: Path, hidden: tuple[Path, .
         }
         child = ChildProcess(hello, hidden, work=work)
         try:
+            if code is not None and child.info.get("code") != code:
+                raise CodeChanged(code, str(child.info.get("code")), f"{info.name}'s fit")
             reply = child.request({"op": "fit", "family": family, "work": str(work)}, None)
             made = child.scratch / str(reply.get("file", ""))
             if made.parent != child.scratch or not made.is_file():
@@ -468,14 +497,21 @@ def audit(
     traffic: torch.Tensor | None,
     fit: Fit | None = None,
     hidden: tuple[Path, ...] = (),
+    code: str | None = None,
 ) -> tuple[Finding, bool]:
     """Audit ``organism`` with ``info``'s auditor in its sandbox; the finding (an error
-    finding on any failure of the auditor's side) and whether the run was sealed."""
+    finding on any failure of the auditor's side) and whether the run was sealed. With
+    ``code`` (a game's code fingerprint), a child that loaded other code raises
+    ``CodeChanged``."""
     start = time.perf_counter()
     sealed = sandbox.sealed()
     child = None
     try:
         child = _child(info, organism.card.family, fit, hidden)
+        loaded = str(child.info.get("code"))
+        if code is not None and loaded != code:
+            _forget(child)
+            raise CodeChanged(code, loaded, f"{info.name}'s child")
         sealed = child.sealed
         name, folder = child.stage()
         try:

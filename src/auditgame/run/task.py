@@ -22,6 +22,7 @@ from auditgame.access import Access, Budget
 from auditgame.families.base import Dataset
 from auditgame.finding import Finding
 from auditgame.organism import Organism
+from auditgame.provenance import code_fingerprint
 from auditgame.run import sealed
 from auditgame.run.sealed import AuditorInfo, Fit
 from auditgame.subject import Subject
@@ -40,6 +41,8 @@ class Task:
         referee fits (in a sandbox) before sending tasks, so workers only load.
     hidden: folders a sandbox must never show even when a bound folder contains them (the
         zoo's folder, the store's, the fits').
+    code: the game's code fingerprint (``provenance.code_fingerprint``): a worker, or an
+        auditor's child, that loaded other code stops the game (``sealed.CodeChanged``).
     """
 
     organism_path: Path
@@ -49,6 +52,7 @@ class Task:
     traffic: torch.Tensor | None = None
     fit: Fit | None = None
     hidden: tuple[Path, ...] = ()
+    code: str | None = None
 
     @property
     def auditor(self) -> str:
@@ -112,6 +116,8 @@ def check_witness(organism: Organism, finding: Finding) -> WitnessCheck | None:
 
 
 def run_task(task: Task) -> Outcome:
+    if task.code is not None and code_fingerprint() != task.code:
+        raise sealed.CodeChanged(task.code, code_fingerprint(), "a worker")
     organism = Organism.open(task.organism_path)
     info = task.info
     clean, traffic = access_data(organism, info.access, task.budget, task.traffic)
@@ -124,6 +130,7 @@ def run_task(task: Task) -> Outcome:
         traffic=traffic,
         fit=task.fit,
         hidden=task.hidden,
+        code=task.code,
     )
     try:
         check = check_witness(organism, finding)
