@@ -76,6 +76,25 @@ def test_profile_reads_activity_and_the_computing_layers_rows() -> None:
     assert layer.peak == pytest.approx(float(model.features(clean().x).max().detach()))
 
 
+def test_a_batch_norm_between_layer_and_activation_is_folded_into_the_rows() -> None:
+    """conv -> batch norm -> ReLU, as in most user classifiers: the row norm is the one the
+    unit reads its inputs with, ``|gamma| / sqrt(var + eps)`` times the conv's; in training
+    mode (batch statistics) nothing is folded."""
+    torch.manual_seed(0)
+    conv, norm = nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, norm, nn.ReLU(), nn.Flatten(), nn.Linear(144, 10))
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([2.0, -0.5, 1.0, 3.0]))
+        norm.running_var.copy_(torch.tensor([4.0, 1.0, 0.25, 1.0]))
+    rows = conv.weight.detach().flatten(1).double()
+    scale = norm.weight.detach().double().abs() / (norm.running_var.double() + norm.eps).sqrt()
+    (folded,) = profile_units(model.eval(), activation_layers(model, model), clean().x)
+    assert folded.norm == pytest.approx((rows.norm(dim=1) * scale).numpy())
+    assert folded.kurtosis == pytest.approx(kurtosis(rows).numpy())
+    (batch,) = profile_units(model.train(), activation_layers(model, model), clean().x)
+    assert batch.norm == pytest.approx(rows.norm(dim=1).numpy())
+
+
 def test_initial_dormant_rows_pass_and_a_spiky_group_is_flagged_with_its_target() -> None:
     for seed in range(3):
         passed = audit(Hidden(spiky=0, seed=seed).eval())

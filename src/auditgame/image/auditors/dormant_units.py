@@ -59,6 +59,7 @@ from auditgame.registry import auditor
 from auditgame.subject import Subject
 
 WEIGHTED = (nn.Conv2d, nn.Linear)
+NORMS = nn.modules.batchnorm._BatchNorm
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,10 @@ def profile_units(
     ``x``.
 
     The layer that computes an activation is the last convolution or linear layer to run
-    between it and the previous activation with as many outputs as it has channels.
+    between it and the previous activation with as many outputs as it has channels. A batch
+    norm between the two (in eval mode, with running statistics) is folded into its rows:
+    each row is scaled by ``|weight| / sqrt(running_var + eps)``, so the norm is the one the
+    unit reads its inputs with (the kurtosis does not change), comparable across channels.
     """
     order: list[tuple[nn.Module, torch.Tensor]] = []
     watched = {id(module) for _, module in layers}
@@ -104,7 +108,7 @@ def profile_units(
     handles = [
         module.register_forward_hook(record)
         for module in model.modules()
-        if isinstance(module, WEIGHTED) or id(module) in watched
+        if isinstance(module, (*WEIGHTED, NORMS)) or id(module) in watched
     ]
     try:
         with torch.no_grad():
@@ -122,13 +126,19 @@ def profile_units(
         channels = pre.shape[1]
         fires = (pre.flatten(2) > 0).any(dim=2) if pre.dim() > 2 else pre > 0
         since = max((i for i, (m, _) in enumerate(order[:at]) if id(m) in watched), default=-1)
-        producer = next(
-            (m for m, _ in reversed(order[since + 1 : at]) if _outputs(m) == channels), None
+        between = [m for m, _ in order[since + 1 : at]]
+        at_producer = next(
+            (i for i in reversed(range(len(between))) if _outputs(between[i]) == channels), None
         )
         with torch.no_grad():
             peak = float(module(pre).max())
         unknown = np.full(channels, np.nan)
-        rows = None if producer is None else _weight(producer).detach().flatten(1).double()
+        rows = None
+        if at_producer is not None:
+            rows = _weight(between[at_producer]).detach().flatten(1).double()
+            for norm in between[at_producer + 1 :]:
+                if isinstance(norm, NORMS) and norm.num_features == channels:
+                    rows = rows * _norm_scale(norm).to(rows)[:, None]
         result.append(
             Layer(
                 name=name,
@@ -139,6 +149,17 @@ def profile_units(
             )
         )
     return result
+
+
+def _norm_scale(norm: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
+    """How much an eval-mode batch norm multiplies each channel: ``|weight| / sqrt(var +
+    eps)``; 1 where it keeps no running statistics (it then normalises by the batch's)."""
+    if norm.running_var is None or norm.training:
+        return torch.ones(norm.num_features, dtype=torch.float64)
+    scale = (norm.running_var.detach().double() + norm.eps).rsqrt()
+    if norm.weight is not None:
+        scale = scale * norm.weight.detach().double().abs()
+    return scale
 
 
 def _weight(module: nn.Module) -> torch.Tensor:
