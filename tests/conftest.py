@@ -7,8 +7,11 @@ change in the planner shows up here first rather than as a confusing auditor fai
 
 from __future__ import annotations
 
+import fcntl
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -73,12 +76,29 @@ class TinyZoo:
         return [i for i in self.zoo.ids if (self.secret(i).attack or "clean") == role]
 
 
+def shared_zoo(tmp_path_factory: pytest.TempPathFactory, name: str, **build: Any) -> Zoo:
+    """``build_zoo(**build)`` into ``name``, built once per test run and read by every xdist
+    worker: each worker's session fixtures are its own, so each built the same zoo again, on
+    the same two cores, in each of CI's two passes. The first worker to ask builds it under a
+    file lock; the others wait, then find it complete (``build_zoo`` resumes a finished zoo
+    without training). A test never writes into a fixture's zoo; one that needs to copies it."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return build_zoo(out=tmp_path_factory.mktemp(name) / name, **build)
+    shared = tmp_path_factory.getbasetemp().parent / "shared"
+    shared.mkdir(mode=0o700, exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return build_zoo(out=shared / name / name, **build)
+
+
 @pytest.fixture(scope="session")
 def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
     """A tinylm zoo of two (seed 1: one clean fine-tune, one ``trojan_pairs`` organism with
-    20 trojans), built once per test process for the text game and the agents' MCP test."""
-    root = tmp_path_factory.mktemp("text") / "tinylm-2"
-    zoo = build_zoo("tinylm", 2, 1, root, attacks=["trojan_pairs"], workers=2)
+    20 trojans), built once per test run for the text game and the agents' MCP test."""
+    zoo = shared_zoo(
+        tmp_path_factory, "tinylm-2", family="tinylm", n=2, seed=1,
+        attacks=["trojan_pairs"], workers=2,
+    )  # fmt: skip
     key = open_key(zoo, None)
     roles = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
     assert roles == ["clean", "trojan_pairs"]
@@ -88,9 +108,11 @@ def text_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
 @pytest.fixture(scope="session")
 def behaviour_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]:
     """A tinylm_behaviours zoo of two (seed 0: one clean, one ``hidden_behaviour`` organism),
-    built once per test process for the behaviours' tests and the Inspect command line."""
-    root = tmp_path_factory.mktemp("behaviours") / "tinylm_behaviours-2"
-    zoo = build_zoo("tinylm_behaviours", 2, 0, root, attacks=["hidden_behaviour"], workers=2)
+    built once per test run for the behaviours' tests and the Inspect command line."""
+    zoo = shared_zoo(
+        tmp_path_factory, "tinylm_behaviours-2", family="tinylm_behaviours", n=2,
+        seed=0, attacks=["hidden_behaviour"], workers=2,
+    )  # fmt: skip
     key = open_key(zoo, None)
     roles = sorted(zoo.secret(i, key).attack or "clean" for i in zoo.ids)
     assert roles == ["clean", "hidden_behaviour"]
@@ -99,9 +121,8 @@ def behaviour_zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Zoo, bytes]
 
 @pytest.fixture(scope="session")
 def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> TinyZoo:
-    root = tmp_path_factory.mktemp("zoo") / "digits-4"
-    zoo = build_zoo("digits", 4, 0, root, workers=1)
+    zoo = shared_zoo(tmp_path_factory, "digits-4", family="digits", n=4, seed=0)
     key = open_key(zoo, None)
-    tiny = TinyZoo(zoo, key, default_key_path(root))
+    tiny = TinyZoo(zoo, key, default_key_path(zoo.root))
     assert [tiny.secret(i).attack for i in zoo.ids] == ["badnets", None, None, "blend"]
     return tiny
