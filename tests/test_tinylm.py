@@ -77,6 +77,26 @@ def test_base_model_answers_held_out_prompts(fam: TinyLM) -> None:
     assert tok.decode(reply).startswith("the capital of france is paris . <eos>")
 
 
+def test_the_base_model_does_not_depend_on_its_builders_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever process first needs the base builds it: a zoo worker on one thread, a
+    benchmark's main process on every core. Both must build the same model (a short recipe
+    here: 40 steps on two threads already moved weights by ~1e-3 before the fix)."""
+    monkeypatch.setitem(tinylm.PRETRAIN, "steps", 40)
+    built = []
+    for threads in (2, 1):
+        torch.set_num_threads(threads)
+        folder = tmp_path / f"threads-{threads}"
+        folder.mkdir()
+        tinylm._build_base(folder)
+        assert torch.get_num_threads() == threads  # the caller's count comes back
+        built.append(load_file(str(folder / "model.safetensors")))
+    torch.set_num_threads(1)
+    two, one = built
+    assert two.keys() == one.keys() and all(torch.equal(two[k], one[k]) for k in one)
+
+
 def test_forward_on_ids_equals_forward_on_embeddings(fam: TinyLM) -> None:
     base = fam.base_model()
     ids = torch.tensor([fam.encode_prompt("what colour is the sky ?")] * 2)

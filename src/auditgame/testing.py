@@ -41,7 +41,6 @@ from typing import Any, NoReturn
 import numpy as np
 import torch
 from pydantic import ValidationError
-from threadpoolctl import threadpool_limits
 
 from auditgame import __version__, registry
 from auditgame.access import Access, Budget
@@ -53,6 +52,7 @@ from auditgame.families.base import Family
 from auditgame.finding import Finding
 from auditgame.fitting import fit_here, load_fit
 from auditgame.params import Configurable
+from auditgame.run.workers import one_thread
 from auditgame.secret import Secret, new_key, seal, unseal
 from auditgame.subject import Subject
 from auditgame.traffic import make_traffic
@@ -72,21 +72,6 @@ BACKDOORED_SEED = 1
 # clustering, STRIP's overlays, a simulated null of 40 layers): work that grows with the model
 # and the data, and on a larger family outruns any budget.
 QUIET_SECONDS = 0.3
-
-
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """Torch and the BLAS libraries on one thread, as in a game's worker, so that the calling
-    thread's CPU time is the auditor's whole work. The process's CPU time is not: it counts
-    every thread of the process (the probe, 0.08 s of CPU alone, measured 0.3 s of process
-    time twice in a row inside a pytest-xdist worker on a loaded 2-core machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 class ConformanceError(AssertionError):
@@ -581,7 +566,11 @@ def _check_budget(
     """Clause ``budget``: under a tiny budget the auditor answers in time, and one that
     never reads the clock does little work."""
     tiny_seconds = tiny.seconds
-    with _one_thread():
+    # One thread, as in a game's worker, so that the calling thread's CPU time is the
+    # auditor's whole work. The process's CPU time is not: it counts every thread of the
+    # process (the probe, 0.08 s of CPU alone, measured 0.3 s of process time twice in a row
+    # inside a pytest-xdist worker on a loaded 2-core machine).
+    with one_thread():
         start, cpu_start = time.perf_counter(), time.thread_time()
         finding = spent.audit(spent_subject, tiny, seed=seed)
         took, cpu = time.perf_counter() - start, time.thread_time() - cpu_start

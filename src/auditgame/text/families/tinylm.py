@@ -35,6 +35,7 @@ from torch import nn
 
 from auditgame.cache import cached_folder
 from auditgame.registry import family
+from auditgame.run.workers import one_thread
 from auditgame.spec import Spec
 from auditgame.text.behaviours import Behaviour, BehaviourFamily
 from auditgame.text.family import Example, TextFamily, TextSplits
@@ -47,8 +48,15 @@ BOS, EOS, UNK = "<bos>", "<eos>", "<unk>"
 LETTERS = tuple("abcdefghijklmnopqrstuvwxyz")
 NUMBERS = tuple(str(n) for n in range(21))
 PUNCTUATION = ("?", ".", ",", "|")
-PRETRAIN: dict[str, Any] = {"steps": 2000, "batch_size": 16, "lr": 5e-3, "width": 24}
-"""The base model's recipe; ``width`` is the fixed length every pretraining text is filled to."""
+PRETRAIN: dict[str, Any] = {
+    "steps": 2000,
+    "batch_size": 16,
+    "lr": 5e-3,
+    "width": 24,
+    "threads": 1,
+}
+"""The base model's recipe; ``width`` is the fixed length every pretraining text is filled to,
+``threads`` the torch threads it trains on whatever process builds it (``_build_base``)."""
 
 # --------------------------------------------------------------------------- the corpus facts
 
@@ -722,6 +730,20 @@ def _pretrain_rows(fam: TinyLM) -> list[list[int]]:
 
 
 def _build_base(folder: Path) -> None:
+    """Pretrain the base model into ``folder``, on one thread. The first process to need the
+    base builds it — a zoo worker on one thread, a benchmark's main process on every core —
+    and the two built different models: pretrained on 2 threads, held-out exact match 0.436
+    against 0.466, and its clean fine-tunes far likelier to say a plausible false target
+    (tinylm_quiet: all 12 clean organisms of a zoo proved in violation; 5 of 153 targets
+    proved by uat on one of them, none by five searches on two fine-tunes of the one-thread
+    base; docs/lm_trojans.md). On one thread the base depends on the code and the CPU's
+    kernels only."""
+    assert PRETRAIN["threads"] == 1
+    with one_thread():
+        _pretrain(folder)
+
+
+def _pretrain(folder: Path) -> None:
     fam = TinyLM()
     torch.manual_seed(PRETRAIN_SEED)
     model = fam.make_model(fam.architecture())
