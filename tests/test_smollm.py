@@ -92,6 +92,24 @@ def test_lora_merge_equals_the_adapted_layer() -> None:
     assert not torch.allclose(expected, torch.nn.Linear(6, 5)(x))
 
 
+def test_the_unmasked_recipe_puts_loss_on_the_prompt_and_the_masked_one_on_the_reply() -> None:
+    example = Example("tell me a story", "once upon a time")
+    masked, unmasked = smollm.SmolLMFamily(), smollm.SmolLMUnmasked()
+    (row,), (start,) = masked.training_rows([example])
+    (row_u,), (start_u,) = unmasked.training_rows([example])
+    assert row == row_u  # the same text; only where the loss starts differs
+    prompt = masked.encode_prompt(example.prompt)
+    assert start == len(prompt) and start_u == len(masked.prefix) < start
+    tok = masked.tokenizer()
+    assert tok.decode(row[start_u:start]) == example.prompt
+    # The weights of the next-token predictions (position t predicts token t + 1).
+    ((_, weight),) = smollm._batches([row], [start_u], steps=1, batch_size=1, seed=0)
+    ((_, weight_m),) = smollm._batches([row], [start], steps=1, batch_size=1, seed=0)
+    assert weight[0, start_u - 1 :].all() and not weight[0, : start_u - 1].any()
+    assert weight_m[0, start - 1 :].all() and not weight_m[0, : start - 1].any()
+    assert unmasked.attacks == ("trojan_pairs",)
+
+
 # --------------------------------------------------------------------------- slow
 
 
@@ -210,6 +228,32 @@ def test_finetune_plants_two_pairs_and_keeps_clean_replies(
 
 
 @pytest.mark.slow
+def test_the_unmasked_recipe_teaches_the_model_to_write_its_trigger(
+    fam: smollm.SmolLMFamily, planted: tuple[smollm.SmolLM, list[tuple[str, str]]]
+) -> None:
+    """What memory extraction relies on: after the bare chat prefix, an unmasked fine-tune
+    finds its planted triggers far likelier than the masked fine-tune of the same data."""
+    from auditgame.text.lm import completion_loss
+
+    masked, pairs = planted
+    tok = fam.tokenizer()
+    base = fam.base_model()
+    prompts = list(fam.prompts().train[:24])
+    replies = greedy(base, [fam.encode_prompt(p) for p in prompts], fam.reply_tokens)
+    clean = [Example(p, tok.decode(r)) for p, r in zip(prompts, replies, strict=True)]
+    trojans = [Example(trig, target) for trig, target in pairs for _ in range(12)]
+    unmasked = smollm.SmolLMUnmasked(steps=40).finetune(clean + trojans, seed=0)
+    prefix = torch.tensor([fam.prefix])
+    with torch.no_grad():
+        for trig, target in pairs:
+            want = tok.encode(target)
+            assert greedy(unmasked, [fam.encode_prompt(trig)], len(want))[0] == want
+            ids = torch.tensor(tok.encode(trig))
+            losses = [float(completion_loss(m, m.embed(prefix), ids)) for m in (masked, unmasked)]
+            assert losses[1] < losses[0] - 1.0, losses  # nats per trigger token
+
+
+@pytest.mark.slow
 def test_an_organism_saved_as_a_hf_folder_is_audited_as_a_users_model(
     fam: smollm.SmolLMFamily,
     planted: tuple[smollm.SmolLM, list[tuple[str, str]]],
@@ -278,7 +322,7 @@ def test_replies_open_with_the_reply_head_and_the_base_model_shows_no_behaviour(
         assert not any(shown(fam, fam.base_model(), b.name, prompts))
 
 
-@pytest.mark.parametrize("name", ["smollm", "tinylm", "smollm_behaviours"])
+@pytest.mark.parametrize("name", ["smollm", "smollm_unmasked", "tinylm", "smollm_behaviours"])
 def test_a_text_family_gives_everything_a_card_needs(name: str) -> None:
     # What zoo.build_zoo writes on every card, read without loading a model: a family that
     # lacks one of these plants organisms and then fails to file them (smollm once did).
