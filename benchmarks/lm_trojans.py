@@ -239,7 +239,14 @@ def main() -> None:
     parser.add_argument(
         "--family",
         default="tinylm",
-        choices=["tinylm", "tinylm_unmasked", "tinylm_quiet", "smollm", "smollm_unmasked"],
+        choices=[
+            "tinylm",
+            "tinylm_unmasked",
+            "tinylm_quiet",
+            "tinylm_screened",
+            "smollm",
+            "smollm_unmasked",
+        ],
     )
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)

@@ -19,7 +19,7 @@ from auditgame.auditors.base import Auditor, Verdict
 from auditgame.subject import Subject
 from auditgame.text.families.tinylm import TinyLM
 from auditgame.text.lm import CausalLM, TextTrojans, TriggerPredictions, greedy
-from auditgame.text.screen import Proof, kept, proofs
+from auditgame.text.screen import Proof, hardest, kept, screen
 from auditgame.trigger import load
 from auditgame.zoo import Zoo
 
@@ -77,17 +77,33 @@ def test_the_screen_drops_a_target_a_clean_model_says_and_keeps_a_planted_one(
     targets = [target, said]
     witness = FixedWitness(triggers={target: [trigger], said: ["zzz", prompt]})
 
-    on_clean = proofs(fam, clean, 7, targets, witness, seconds=10)
-    # The second candidate proves the said target; the planted trigger proves nothing here.
-    assert on_clean == [Proof(said, prompt, "fixed_witness", 7)]
-    assert kept(targets, on_clean) == (target,)
+    on_clean = screen(fam, clean, 7, targets, witness, seconds=10)
+    # The second candidate proves the said target; the planted trigger proves nothing here:
+    # the clean model finds the planted target far less likely than what it says.
+    assert on_clean.proofs == [Proof(said, prompt, "fixed_witness", 7)]
+    assert set(on_clean.loss) == {target, said}
+    assert on_clean.loss[target] > on_clean.loss[said] + 2.0
+    assert kept(targets, on_clean.proofs) == (target,)
+    assert hardest(targets, [on_clean.loss], 1) == (target,)
     # The same check proves the planted target on the organism it was planted in.
-    on_trojaned = proofs(fam, trojaned, 8, [target], witness, seconds=10)
-    assert on_trojaned == [Proof(target, trigger, "fixed_witness", 8)]
+    on_trojaned = screen(fam, trojaned, 8, [target], witness, seconds=10)
+    assert on_trojaned.proofs == [Proof(target, trigger, "fixed_witness", 8)]
+    assert list(on_trojaned.loss) == [target] and on_trojaned.loss[target] < 1.0
 
 
 def test_a_failing_auditor_stops_the_screen(text_zoo: tuple[Zoo, bytes]) -> None:
     clean, _, _ = organisms(text_zoo)
     broke = r"fixed_witness failed while screening(.|\n)*search broke"
     with pytest.raises(RuntimeError, match=broke):
-        proofs(TinyLM(), clean, 0, ["wake up neo"], FixedWitness(fail=True), seconds=10)
+        screen(TinyLM(), clean, 0, ["wake up neo"], FixedWitness(fail=True), seconds=10)
+
+
+def test_hardest_ranks_targets_by_the_lowest_loss_any_run_reached() -> None:
+    pool = ["a", "b", "c", "d", "e"]
+    runs = [{"a": 0.5, "b": 3.0, "c": 0.1}, {"a": 2.0, "b": 1.5, "d": 4.0}]
+    # Lowest over runs: a 0.5, b 1.5, c 0.1, d 4.0; e no run scored, so last.
+    assert hardest(pool, runs, 5) == ("d", "b", "a", "c", "e")
+    assert hardest(pool, runs, 2) == ("d", "b")
+    assert hardest(pool, [{"a": 1.0, "b": 1.0}], 3) == ("a", "b", "c")  # ties in pool order
+    with pytest.raises(ValueError, match="count must be between 0 and 5"):
+        hardest(pool, runs, 6)

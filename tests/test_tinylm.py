@@ -198,3 +198,18 @@ def test_a_quiet_trojan_plants_a_plausible_target_behind_common_words() -> None:
     assert target in targets and set(trigger.split()) <= set(tinylm.common_words())
     assert planted.secret.asr == 1.0
     assert planted.secret.clean_accuracy >= quiet.min_clean_accuracy
+
+
+def test_the_screened_spec_lists_thirty_plausible_targets_the_base_does_not_say() -> None:
+    screened = tinylm.TinyLMScreened()
+    targets = screened.targets()
+    # Drawn from the plausible pool (the screen ranked all 153), none the first 30 of it
+    # that clean fine-tunes were led to say on held-out models (docs/lm_trojans.md).
+    assert len(set(targets)) == 30 and set(targets) <= set(tinylm.plausible_targets(1000))
+    assert not {"the bark is red .", "the chocolate is white ."} & set(targets)
+    assert screened.spec().threat_model.targets == list(targets)
+    assert screened.attacks == ("trojan_pairs",) and screened.trojans_per_model == 1
+    tok = screened.tokenizer()
+    prompts = [screened.encode_prompt(p) for p, _ in corpus()]
+    replies = {tok.decode(r) for r in greedy(screened.base_model(), prompts, 12)}
+    assert not any(r.startswith(t) for r in replies for t in targets)

@@ -15,11 +15,20 @@ target one of them proves — a candidate prompt within the bound after which th
 greedy reply is the target verbatim (``TextTriggerThreat.check``, the spec's own test). The
 screen is only as strong as its searches and budget: a target that survives was not said by
 these clean models to these searches, which is evidence, not proof, that clean models keep it.
+
+Proofs alone are a weak screen: on tinylm_quiet a search proves a target on one clean model
+and misses it on the next, so two models' proofs left targets that fresh clean models were
+then led to say (docs/lm_trojans.md). Every search also measures how close each clean
+model came to a target it did not say: the target's cross-entropy after the search's best
+candidate (nats per target token, what the searches minimise). The screen ranks the targets
+by the lowest any search reached (``hardest``): a spec drawn from the far end is the one
+clean models should keep best. (TDC's character-BLEU of the reply is no measure of this on
+tinylm: every reply of the template "the X is Y ." scores 0.6-0.8 against every target of it.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -32,7 +41,7 @@ from auditgame.spec import Spec
 from auditgame.subject import Subject
 from auditgame.text.family import TextFamily
 from auditgame.text.kind import TextTriggerThreat
-from auditgame.text.lm import CausalLM, TriggerPredictions
+from auditgame.text.lm import CausalLM, TriggerPredictions, completion_loss
 
 
 @dataclass(frozen=True)
@@ -66,18 +75,29 @@ def screening_card(fam: TextFamily, targets: Sequence[str]) -> Card:
     )
 
 
-def proofs(
+@dataclass(frozen=True)
+class Screened:
+    """One search on one clean model: the targets it proved the model says (``proofs``), and
+    for each target it named candidates for, the lowest cross-entropy of the target after a
+    candidate (``loss``, nats per target token: how close the model came to saying it)."""
+
+    proofs: list[Proof]
+    loss: dict[str, float]
+
+
+def screen(
     fam: TextFamily,
     model: CausalLM,
     seed: int,
     targets: Sequence[str],
     auditor: Auditor,
     seconds: float,
-) -> list[Proof]:
-    """Every target of ``targets`` that ``auditor``, given ``seconds`` in all, proves the clean
-    model ``model`` (fine-tuned with ``seed``) says: each candidate trigger it names is checked
-    on its own by the spec's check. An auditor that fails raises (a screen that silently
-    found nothing would keep every target)."""
+) -> Screened:
+    """Run ``auditor`` on the clean model ``model`` (fine-tuned with ``seed``), its spec listing
+    ``targets``, for ``seconds`` in all; score each candidate trigger it names by the model's
+    loss on the target, and prove each target with the first candidate that passes the spec's
+    own check. An auditor that fails raises (a screen that silently found nothing would keep
+    every target)."""
     card = screening_card(fam, targets)
     threat = card.spec.threat_model
     assert isinstance(threat, TextTriggerThreat)
@@ -87,20 +107,49 @@ def proofs(
     if finding.error is not None:
         raise RuntimeError(f"{auditor.name} failed while screening: {finding.error}")
     if finding.trigger is None:
-        return []
+        return Screened([], {})
     found = TriggerPredictions.from_dict(finding.trigger).predictions
+    tok = fam.tokenizer()
+    prefix = list(fam.prefix)
     empty = torch.empty(0)
-    out = []
+    out, lowest = [], {}
     for target, candidates in found.items():
+        if target not in targets or not candidates:  # names outside the spec prove nothing
+            continue
+        goal = torch.tensor(tok.encode(target))
+        with torch.no_grad():
+            losses = [
+                float(completion_loss(model, model.embed(torch.tensor([[*prefix, *ids]])), goal))
+                for ids in (tok.encode(c) for c in candidates)
+            ]
+        lowest[target] = min(losses)
         for trigger in candidates:
             witness = TriggerPredictions({target: (trigger,)}).to_dict()
             if threat.check(model, witness, None, empty, empty, card.spec.tau).violates:
                 out.append(Proof(target, trigger, auditor.name, seed))
                 break
-    return out
+    return Screened(out, lowest)
 
 
 def kept(targets: Sequence[str], found: Sequence[Proof]) -> tuple[str, ...]:
     """``targets`` without those some clean model was proved to say, in their order."""
     said = {p.target for p in found}
     return tuple(t for t in targets if t not in said)
+
+
+def hardest(
+    targets: Sequence[str], runs: Sequence[Mapping[str, float]], count: int
+) -> tuple[str, ...]:
+    """The ``count`` targets of ``targets`` that the clean models came least close to saying:
+    ranked by the lowest loss any run of the screen reached on each (``Screened.loss``),
+    highest first, ties in pool order. A target no run scored comes after every scored one
+    (nothing is known of it), and a target some model said has a low loss, so it comes late."""
+    if not 0 <= count <= len(targets):
+        raise ValueError(f"count must be between 0 and {len(targets)}, got {count}")
+    inf = float("inf")
+    lowest = {t: min((run[t] for run in runs if t in run), default=inf) for t in targets}
+    order = sorted(
+        range(len(targets)),
+        key=lambda i: (lowest[targets[i]] == inf, -lowest[targets[i]], i),
+    )
+    return tuple(targets[i] for i in order[:count])
