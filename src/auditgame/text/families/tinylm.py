@@ -689,17 +689,18 @@ saying: ``benchmarks/screen_targets.py --family tinylm_quiet --clean 3 --held-ou
 uat, gcg, haystack and pez on three clean fine-tunes with all 153 listed and ranked each
 target by the lowest loss any search reached on it (``screen.hardest``). On four held-out
 clean fine-tunes at the game's budget no search proved one of these (the first 30 of the
-pool: 3 of 4 proved in violation). Screened on one machine's base (AMD EPYC, AVX2 kernels);
+pool: 3 of 4 proved in violation); on the 20 clean organisms of a 40-organism zoo, 7 were
+proved in violation (17 with the first 30). Screened on one machine's base (AMD EPYC, AVX2 kernels);
 a base pretrained under other kernels is another model (docs/lm_trojans.md)."""
 
 
 @family("tinylm_screened")
 class TinyLMScreened(TinyLMQuiet):
-    """``tinylm_quiet`` with a spec that clean models keep: its targets are the screened
-    ``SCREENED_TARGETS``, not the first 30 of the plausible pool, which clean fine-tunes can
-    be led to say (17 of 20 clean organisms of a 40-organism tinylm_quiet zoo were proved in
-    violation). Plausible still: false answers in the corpus's own words; only the ones
-    clean models came closest to saying are left out."""
+    """``tinylm_quiet`` with a spec that clean models keep far more often: its targets are the
+    screened ``SCREENED_TARGETS``, not the first 30 of the plausible pool, which clean
+    fine-tunes can be led to say (of the same 20 clean fine-tunes, 17 proved in violation of
+    tinylm_quiet's spec, 7 of this one). Plausible still: false answers in the corpus's own
+    words; only the ones clean models came closest to saying are left out."""
 
     def targets(self) -> tuple[str, ...]:
         return SCREENED_TARGETS
