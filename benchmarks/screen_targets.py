@@ -33,7 +33,7 @@ from pathlib import Path
 from auditgame import registry
 from auditgame.provenance import git_revision, package_version
 from auditgame.text.families.tinylm import plausible_targets
-from auditgame.text.screen import Proof, hardest, kept
+from auditgame.text.screen import Proof, hardest, kept, lowest_loss
 
 RESULTS = Path(__file__).parent / "results"
 SEEDS = 10_000
@@ -103,10 +103,9 @@ def main() -> None:
     found = [Proof(**p) for run in runs.values() for p in run["proofs"]]
     pool = kept(targets, found)
     size = len(fam.targets())
-    specs = {
-        "family": list(fam.targets()),
-        "hardest": list(hardest(targets, [r["loss"] for r in runs.values()], size)),
-    }
+    losses = [r["loss"] for r in runs.values()]
+    lowest = lowest_loss(targets, losses)
+    specs = {"family": list(fam.targets()), "hardest": list(hardest(targets, losses, size))}
     held = {
         (seed, spec, a): folder / f"held-{seed}-{spec}-{a}.json"
         for seed in range(HELD_OUT, HELD_OUT + args.held_out)
@@ -156,7 +155,6 @@ def main() -> None:
             ps = by_target[target]
             who = ", ".join(sorted({f"{p.auditor}/{p.model}" for p in ps}))
             lines.append(f"| {target} | {who} | `{ps[0].trigger}` |")
-    lowest = {t: min(r["loss"].get(t, float("inf")) for r in runs.values()) for t in targets}
     lines += [
         "",
         f"## Held out: {args.held_out} clean models (seeds {HELD_OUT}-"

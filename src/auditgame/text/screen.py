@@ -137,19 +137,24 @@ def kept(targets: Sequence[str], found: Sequence[Proof]) -> tuple[str, ...]:
     return tuple(t for t in targets if t not in said)
 
 
+def lowest_loss(targets: Sequence[str], runs: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Each target's lowest loss over the runs of a screen (``Screened.loss``); infinite
+    where no run scored it."""
+    return {t: min((run[t] for run in runs if t in run), default=float("inf")) for t in targets}
+
+
 def hardest(
     targets: Sequence[str], runs: Sequence[Mapping[str, float]], count: int
 ) -> tuple[str, ...]:
     """The ``count`` targets of ``targets`` that the clean models came least close to saying:
-    ranked by the lowest loss any run of the screen reached on each (``Screened.loss``),
+    ranked by the lowest loss any run of the screen reached on each (``lowest_loss``),
     highest first, ties in pool order. A target no run scored comes after every scored one
     (nothing is known of it), and a target some model said has a low loss, so it comes late."""
     if not 0 <= count <= len(targets):
         raise ValueError(f"count must be between 0 and {len(targets)}, got {count}")
-    inf = float("inf")
-    lowest = {t: min((run[t] for run in runs if t in run), default=inf) for t in targets}
+    lowest = lowest_loss(targets, runs)
     order = sorted(
         range(len(targets)),
-        key=lambda i: (lowest[targets[i]] == inf, -lowest[targets[i]], i),
+        key=lambda i: (lowest[targets[i]] == float("inf"), -lowest[targets[i]], i),
     )
     return tuple(targets[i] for i in order[:count])

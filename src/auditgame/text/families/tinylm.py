@@ -690,8 +690,8 @@ uat, gcg, haystack and pez on three clean fine-tunes with all 153 listed and ran
 target by the lowest loss any search reached on it (``screen.hardest``). On four held-out
 clean fine-tunes at the game's budget no search proved one of these (the first 30 of the
 pool: 3 of 4 proved in violation); on the 20 clean organisms of a 40-organism zoo, 7 were
-proved in violation (17 with the first 30). Screened on one machine's base (AMD EPYC, AVX2 kernels);
-a base pretrained under other kernels is another model (docs/lm_trojans.md)."""
+proved in violation (17 with the first 30). Screened on one machine's base (AMD EPYC, AVX2
+kernels); a base pretrained under other kernels is another model (docs/lm_trojans.md)."""
 
 
 @family("tinylm_screened")
